@@ -1,0 +1,9 @@
+"""Built-in datasets and deterministic batching (see :mod:`.datasets`, :mod:`.batching`)."""
+
+from jaxcompress.data.batching import BatchIterator, make_mesh, replicate, shard_batch
+from jaxcompress.data.datasets import DATASETS, Dataset, digits, load, mnist1d, mnist1d_extra_inputs
+
+__all__ = [
+    "DATASETS", "Dataset", "digits", "mnist1d", "mnist1d_extra_inputs", "load",
+    "BatchIterator", "make_mesh", "shard_batch", "replicate",
+]

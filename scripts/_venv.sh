@@ -9,8 +9,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 STAMP=".venv/.jaxcompress-$(cat pyproject.toml scripts/_venv.sh | sha1sum | cut -c1-12)${EXTRAS:+-$EXTRAS}"
 if [ ! -f "$STAMP" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".${EXTRAS:+[$EXTRAS]}"
+  echo "installing jaxcompress${EXTRAS:+[$EXTRAS]} into .venv (log: .venv/install.log) ..." >&2
+  {
+    .venv/bin/python -m pip install --upgrade pip
+    .venv/bin/python -m pip install -e ".${EXTRAS:+[$EXTRAS]}"
+  } > .venv/install.log 2>&1 || { tail -40 .venv/install.log >&2; exit 1; }
   touch "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

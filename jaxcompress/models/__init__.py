@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcompress.models import bert
 from jaxcompress.models.linen import CNN1D, CNN2D, MLP
 from jaxcompress.models.nnx_models import NNXMLP, nnx_to_apply
 
@@ -69,4 +70,4 @@ def create(name: str, input_shape: tuple[int, ...], num_classes: int = 10, rng=N
     return Model(linen_apply(module), params, module)
 
 
-__all__ = ["MODELS", "DEFAULT_MODEL", "Model", "create", "linen_apply", "MLP", "CNN1D", "CNN2D", "NNXMLP", "nnx_to_apply"]
+__all__ = ["bert", "MODELS", "DEFAULT_MODEL", "Model", "create", "linen_apply", "MLP", "CNN1D", "CNN2D", "NNXMLP", "nnx_to_apply"]

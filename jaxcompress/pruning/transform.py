@@ -1,0 +1,257 @@
+"""The pruning :class:`~jaxcompress.transform.Transform`: masks in state, ``w * mask`` in apply.
+
+``update`` runs after every optimizer step: when the schedule is due it recomputes the
+masks (inside ``lax.cond``, so one compiled program serves all steps) and it always
+stores ``params * mask``, so pruned weights are exactly zero after every step even with
+Adam momentum, and what is exported has the real sparsity. The target sparsity, the
+per-leaf targets and the schedule's numbers live in the state as arrays: runs that
+differ only in them reuse one compilation.
+
+>>> import jax.numpy as jnp
+>>> params = {"Dense_0": {"kernel": jnp.arange(1.0, 9.0).reshape(2, 4), "bias": jnp.ones(4)}}
+>>> t = magnitude(sparsity=0.75)
+>>> state = t.init(params)
+>>> t.apply(params, state)["Dense_0"]["kernel"].tolist()
+[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 7.0, 8.0]]
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxcompress import tree
+from jaxcompress.pruning import distributions
+from jaxcompress.pruning import masks as M
+from jaxcompress.pruning import scores as S
+from jaxcompress.pruning import select as SEL
+from jaxcompress.pruning.schedules import Schedule, every_step, one_shot
+from jaxcompress.transform import Context, Transform
+
+SCORES = ("magnitude", "random", "saliency", "movement")
+
+
+class PruneState(NamedTuple):
+    """Masks (``None`` on untouched leaves), targets and counters.
+
+    With ``ste=True`` the masks are recomputed from the weights in every ``apply`` and
+    ``masks`` keeps the (all-True) initial masks.
+    """
+
+    masks: Any
+    sparsity: jax.Array  # total target (float32)
+    targets: dict  # {path: float32 per-leaf target}
+    sched: dict  # the schedule's numbers
+    step: jax.Array  # last step seen by update
+    count: jax.Array  # number of mask recomputations
+    acc: Any  # movement scores (None when unused)
+
+
+def _bias_of(path: str) -> str:
+    return path.rsplit("/", 1)[0] + "/bias" if "/" in path else "bias"
+
+
+def _masks_from_dict(params, d):
+    return tree.map_with_path(lambda p, x: d.get(p), params)
+
+
+def _leaf_scores(score, params, masks, grads, acc, rng):
+    """``{path: score}`` for masked leaves; pruned entries get -inf (pruned stay pruned)."""
+    named = dict(M.named_masks(masks))
+    pv = dict(tree.named_leaves(params))
+    if score == "magnitude":
+        raw = {p: jnp.abs(pv[p]).astype(jnp.float32) for p in named}
+    elif score == "random":
+        raw = {p: jax.random.uniform(jax.random.fold_in(rng, i), pv[p].shape) for i, p in enumerate(named)}
+    elif score == "saliency":
+        if grads is None:
+            raise ValueError("saliency pruning needs Context.grads")
+        gv = dict(tree.named_leaves(grads))
+        raw = {p: jnp.abs(pv[p] * gv[p]).astype(jnp.float32) for p in named}
+    else:
+        raw = dict(M.named_masks(acc))
+    return {p: jnp.where(named[p], raw[p], -jnp.inf) for p in named}
+
+
+def prune(score: str = "magnitude", sparsity=0.5, schedule: Schedule | None = None, where: tree.Selector = None,
+          distribution="uniform", overrides: dict | None = None, scope: str = "layer",
+          nm: tuple | None = None, structured: int | None = None, ste: bool = False, seed: int = 0,
+          normalize: bool = False) -> Transform:
+    """Build a pruning transform.
+
+    Args:
+      score: ``"magnitude"``, ``"random"``, ``"saliency"`` (``|w * g|``) or ``"movement"``
+        (accumulated ``-w * g``).
+      sparsity: total target in ``[0, 1)`` (stored as a traced array in the state).
+      schedule: when to re-mask (default: :func:`one_shot` at step 0, i.e. at ``init``).
+      where: selector of the pruned leaves (default: kernels).
+      distribution: ``"uniform"``, ``"erk"``, ``"first_last_dense"`` or ``{regex: sparsity}``.
+      overrides: ``{regex: sparsity}`` applied on top of the distribution.
+      scope: ``"layer"`` (a cut per leaf) or ``"global"`` (one cut over all leaves).
+      nm: ``(n, m)`` or ``(n, m, axis)`` for N:M masks along ``axis`` (default ``-2``, the
+        input dimension); the sparsity is then ``1 - n/m``, applied when the schedule is due.
+      structured: 1 or 2 - remove whole output units / filters by their L1 or L2 norm;
+        the sibling ``bias`` of a pruned kernel is masked with it.
+      ste: recompute the mask in every forward pass from the dense weights, with a
+        straight-through gradient (weights are not zeroed in storage).
+      seed: PRNG seed for ``score="random"`` at ``init``.
+      normalize: with ``scope="global"``, divide each leaf's scores by their L2 norm
+        first (as jaxpruner's global pruning does), so no layer is wiped out wholesale.
+
+    Returns:
+      A :class:`~jaxcompress.transform.Transform` with :class:`PruneState`.
+    """
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; valid: {list(SCORES)}")
+    if scope not in ("layer", "global"):
+        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    SEL.check_sparsity(sparsity)
+    if nm is not None:
+        if len(nm) not in (2, 3):
+            raise ValueError(f"nm must be (n, m) or (n, m, axis), got {nm!r}")
+        n, m = nm[0], nm[1]
+        axis = nm[2] if len(nm) == 3 else -2
+        SEL.nm_mask(jnp.zeros((m, m)), n, m, -1)  # validates n, m
+    if structured is not None and structured not in (1, 2):
+        raise ValueError(f"structured must be 1 or 2 (the norm), got {structured!r}")
+    if sum(x is not None for x in (nm, structured)) + (scope == "global") > 1:
+        raise ValueError("choose one of scope='global', nm=..., structured=...")
+    schedule = schedule or (every_step() if ste else one_shot(0))
+    if nm is not None:
+        sparsity = 1.0 - n / m  # N:M fixes the sparsity; the schedule only says when
+
+    def compute(params, st: PruneState, step, grads, rng, acc):
+        s_t = {p: schedule.sparsity(st.sched, step, v) for p, v in st.targets.items()}
+        sc = _leaf_scores(score, params, st.masks, grads, acc, rng) if structured is None else None
+        if nm is not None:
+            on = schedule.sparsity(st.sched, step, st.sparsity) > 0
+            new = {p: SEL.nm_mask(v, n, m, axis) | ~on for p, v in sc.items()}
+        elif structured is not None:
+            pv = dict(tree.named_leaves(params))
+            mv = dict(M.named_masks(st.masks))
+            names = list(st.targets)
+            unit_sc = [jnp.where(jnp.any(mv[p], axis=tuple(range(pv[p].ndim - 1))),
+                                 S.unit_norms(pv[p], structured), -jnp.inf) for p in names]
+            keeps = SEL.layerwise_masks(unit_sc, [s_t[p] for p in names])
+            new = {}
+            for p, keep in zip(names, keeps):
+                new[p] = jnp.broadcast_to(keep, pv[p].shape)
+                b = _bias_of(p)
+                if b in pv and pv[b].shape == keep.shape:
+                    new[b] = keep
+        elif scope == "global":
+            vals = list(sc.values())
+            if normalize:
+                vals = [v / jnp.maximum(jnp.sqrt(jnp.sum(jnp.where(jnp.isfinite(v), v * v, 0.0))), 1e-30) for v in vals]
+            cut = SEL.global_masks(vals, schedule.sparsity(st.sched, step, st.sparsity))
+            new = dict(zip(sc, cut))
+        else:
+            names = list(sc)
+            new = dict(zip(names, SEL.layerwise_masks([sc[p] for p in names], [s_t[p] for p in names])))
+        return _masks_from_dict(params, new)
+
+    def init(params):
+        sel = tree.select(params, where)
+        shapes = {p: tuple(x.shape) for (p, x), (_, s) in zip(tree.named_leaves(params), tree.named_leaves(sel)) if s}
+        if nm is not None:
+            for p, shp in shapes.items():
+                try:
+                    SEL.nm_mask(jnp.zeros(shp), n, m, axis)
+                except ValueError as e:
+                    raise ValueError(f"parameter {p!r}: {e}") from None
+        if structured is not None:
+            for p, shp in shapes.items():
+                if len(shp) < 2:
+                    raise ValueError(f"structured pruning needs kernels (ndim >= 2); {p!r} has shape {shp}")
+        targets = distributions.distribute(shapes, sparsity, distribution, overrides)
+        named = {p: jnp.ones(s, bool) for p, s in shapes.items()}
+        if structured is not None:  # the bias of a pruned unit goes with it
+            pv = dict(tree.named_leaves(params))
+            for p, s in shapes.items():
+                b = _bias_of(p)
+                if b in pv and pv[b].shape == s[-1:]:
+                    named[b] = jnp.ones(s[-1:], bool)
+        masks = _masks_from_dict(params, named)
+        acc = M.mask_map(lambda mk, x: None if mk is None else jnp.zeros(x.shape, jnp.float32), masks, params) \
+            if score == "movement" else None
+        sched = {k: jnp.array(v, copy=True) for k, v in schedule.params.items()}  # states are donated
+        st = PruneState(masks, jnp.float32(sparsity), targets, sched, jnp.int32(0), jnp.int32(0), acc)
+        if not ste and score in ("magnitude", "random") and bool(schedule.due(st.sched, jnp.int32(0))):
+            new = compute(params, st, jnp.int32(0), None, jax.random.key(seed), acc)
+            st = st._replace(masks=new, count=jnp.int32(1))
+        return st
+
+    def apply(params, st: PruneState):
+        if not ste:
+            return M.apply_masks(params, st.masks)
+        live = compute(jax.lax.stop_gradient(params), st, st.step, None, jax.random.key(seed), st.acc)
+        return M.mask_map(lambda mk, w: w if mk is None else w + jax.lax.stop_gradient(w * mk.astype(w.dtype) - w),
+                          live, params)
+
+    def update(params, st: PruneState, ctx: Context):
+        step = jnp.asarray(ctx.step, jnp.int32)
+        acc = st.acc
+        if score == "movement":
+            if ctx.grads is None:
+                raise ValueError("movement pruning needs Context.grads")
+            acc = S.movement_update(acc, params, ctx.grads)
+        if ste:
+            return params, st._replace(step=step)
+        due = schedule.due(st.sched, step)
+        rng = ctx.rng if ctx.rng is not None else jax.random.key(seed)
+        new = jax.lax.cond(due, lambda: compute(params, st, step, ctx.grads, rng, acc), lambda: st.masks)
+        params = M.apply_masks(params, new)
+        return params, st._replace(masks=new, step=step, count=st.count + due.astype(jnp.int32), acc=acc)
+
+    return Transform(init, apply, update)
+
+
+def magnitude(sparsity=0.5, schedule: Schedule | None = None, **kw) -> Transform:
+    """Magnitude pruning (``|w|``); see :func:`prune` for the keyword arguments."""
+    return prune("magnitude", sparsity, schedule, **kw)
+
+
+def random(sparsity=0.5, schedule: Schedule | None = None, **kw) -> Transform:
+    """Random pruning baseline; see :func:`prune`."""
+    return prune("random", sparsity, schedule, **kw)
+
+
+def saliency(sparsity=0.5, schedule: Schedule | None = None, **kw) -> Transform:
+    """Saliency ``|w * g|`` pruning at the schedule's steps; see :func:`prune`."""
+    return prune("saliency", sparsity, schedule or one_shot(1), **kw)
+
+
+def movement(sparsity=0.5, schedule: Schedule | None = None, **kw) -> Transform:
+    """Movement pruning (Sanh et al. 2020): scores accumulate ``-w * g``; see :func:`prune`."""
+    return prune("movement", sparsity, schedule or one_shot(1), **kw)
+
+
+def fixed(masks) -> Transform:
+    """A transform that applies given masks (SNIP, lottery tickets) and keeps pruned weights 0."""
+
+    def init(params):
+        M.check_masks(params, masks)
+        # a fresh copy: the train step donates its state
+        return M.mask_map(lambda m: None if m is None else jnp.array(m, bool, copy=True), masks)
+
+    return Transform(init, lambda p, mk: M.apply_masks(p, mk), lambda p, mk, ctx: (M.apply_masks(p, mk), mk))
+
+
+def snip(params, grads, sparsity, where: tree.Selector = None, scope: str = "global"):
+    """SNIP masks (Lee et al. 2019) from the gradients of one batch at initialisation."""
+    sc = S.saliency(params, grads, where)
+    names = [p for p, _ in M.named_masks(sc)]
+    vals = [v for _, v in M.named_masks(sc)]
+    cut = SEL.global_masks(vals, sparsity) if scope == "global" else [SEL.topk_mask(v, sparsity) for v in vals]
+    return _masks_from_dict(params, dict(zip(names, cut)))
+
+
+def with_sparsity(state: PruneState, sparsity, targets: dict | None = None) -> PruneState:
+    """Same state with another (traced) total target; uniform per-leaf targets unless given."""
+    s = jnp.asarray(sparsity, jnp.float32)
+    targets = targets or {p: s for p in state.targets}
+    return state._replace(sparsity=s, targets={p: jnp.array(v, jnp.float32, copy=True) for p, v in targets.items()})
+
+

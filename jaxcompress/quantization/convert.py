@@ -1,0 +1,191 @@
+"""Real integer arrays: :class:`QArray`, conversion of a params tree, packed int4, save/load.
+
+``convert`` turns the selected float weights into ``QArray`` s (integer codes + float32
+scales + zero points) using exactly the scales of :func:`..transform.quantize_weights`;
+codes of 4 bits or fewer are packed two per byte (2 bits: four per byte). ``save`` writes
+an ``.npz`` (no pickle) whose ``__meta__`` entry is JSON; ``load`` reads it back bit-exactly.
+
+>>> import jax.numpy as jnp
+>>> from jaxcompress.quantization.spec import QuantSpec
+>>> art = convert({"d": {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros(2)}}, QuantSpec(bits=4))
+>>> art["d"]["kernel"].values.dtype, art["d"]["kernel"].values.shape
+(dtype('uint8'), (4,))
+>>> dequantize_tree(art)["d"]["kernel"].tolist()
+[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcompress import tree as jtree
+from jaxcompress.quantization import grid
+from jaxcompress.quantization.spec import QuantSpec, storage_dtype
+from jaxcompress.quantization.transform import resolve_specs, weight_scale_zero_point
+
+
+def _per_byte(bits: int) -> int:
+    return 4 if bits <= 2 else 2 if bits <= 4 else 1
+
+
+def pack(q: np.ndarray, bits: int) -> np.ndarray:
+    """Pack signed codes of ``bits <= 4`` into uint8 (2 per byte; 4 per byte for 2 bits), flattened."""
+    per = _per_byte(bits)
+    width = 8 // per
+    flat = np.asarray(q).astype(np.int64).reshape(-1)
+    pad = (-flat.size) % per
+    u = (np.concatenate([flat, np.zeros(pad, np.int64)]) & ((1 << width) - 1)).reshape(-1, per)
+    out = np.zeros(u.shape[0], np.int64)
+    for k in range(per):
+        out |= u[:, k] << (k * width)
+    return out.astype(np.uint8)
+
+
+def unpack(packed, bits: int, shape) -> jax.Array:
+    """Inverse of :func:`pack`: int8 codes of ``shape`` (jit-able)."""
+    per = _per_byte(bits)
+    width = 8 // per
+    b = jnp.asarray(packed).astype(jnp.int32)
+    parts = [(b >> (k * width)) & ((1 << width) - 1) for k in range(per)]
+    u = jnp.stack(parts, axis=1).reshape(-1)
+    half = 1 << (width - 1)
+    signed = (u ^ half) - half
+    n = int(np.prod(shape))
+    return signed[:n].reshape(shape).astype(jnp.int8)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QArray:
+    """Integer codes (``values``, packed if ``packed``), ``scale``, ``zero_point`` + static metadata."""
+
+    values: jax.Array
+    scale: jax.Array
+    zero_point: jax.Array
+    shape: tuple = dataclasses.field(metadata=dict(static=True))
+    spec: QuantSpec = dataclasses.field(metadata=dict(static=True))
+    packed: bool = dataclasses.field(metadata=dict(static=True))
+
+    def codes(self) -> jax.Array:
+        """The integer codes in the array's shape (int8/int16)."""
+        if self.packed:
+            return unpack(self.values, self.spec.bits, self.shape)
+        return jnp.asarray(self.values).reshape(self.shape)
+
+    def dequantize(self, dtype=jnp.float32) -> jax.Array:
+        return grid.dequantize(self.codes(), self.spec, self.scale, self.zero_point, dtype)
+
+    @property
+    def nbytes(self) -> int:
+        z = 0 if self.spec.symmetric else self.zero_point.size * self.zero_point.dtype.itemsize
+        return int(self.values.size * self.values.dtype.itemsize + self.scale.size * 4 + z)
+
+
+def _is_q(x) -> bool:
+    return isinstance(x, QArray)
+
+
+def quantize_array(w, spec: QuantSpec, scale=None, zero_point=None, observer: str = "minmax") -> QArray:
+    """One array to a :class:`QArray` (scales from ``observer`` unless given)."""
+    if scale is None:
+        scale, zero_point = weight_scale_zero_point(w, spec, None, observer)
+    if zero_point is None:
+        zero_point = jnp.zeros_like(scale)
+    q = np.asarray(grid.quantize(w, spec, scale, zero_point))
+    if spec.bits <= 4:
+        vals = pack(q, spec.bits)
+    else:
+        vals = q.astype(storage_dtype(spec.bits))
+    zp = np.asarray(zero_point, np.float32).astype(storage_dtype(spec.bits))
+    return QArray(jnp.asarray(vals), jnp.asarray(scale, jnp.float32), jnp.asarray(zp), tuple(w.shape), spec,
+                  spec.bits <= 4)
+
+
+def convert(params, spec: QuantSpec | None = None, where=None, overrides=None, observer: str = "minmax",
+            scales: dict | None = None):
+    """Replace the selected leaves of ``params`` by :class:`QArray` s (others unchanged).
+
+    Args:
+      params: float params (linen dict or ``nnx.State``), e.g. after QAT.
+      spec, where, overrides, observer: as in :func:`..transform.quantize_weights`.
+      scales: optional ``{path: scale}`` (e.g. LSQ's learned ``lsq_scales``).
+    """
+    spec = spec or QuantSpec()
+    specs = resolve_specs(params, spec, where, overrides)
+
+    def f(path, w):
+        if path not in specs:
+            return w
+        s = None if scales is None or path not in scales else jnp.abs(scales[path]) + grid.TINY
+        return quantize_array(w, specs[path], s, None, observer)
+
+    return jtree.map_with_path(f, params)
+
+
+def dequantize_tree(artifact):
+    """Float params with every :class:`QArray` dequantized."""
+    return jax.tree.map(lambda x: x.dequantize() if _is_q(x) else x, artifact, is_leaf=_is_q)
+
+
+def _spec_dict(s: QuantSpec) -> dict:
+    return dataclasses.asdict(s)
+
+
+def save(path: str, artifact) -> int:
+    """Write ``artifact`` to ``path`` (``.npz``, no pickle); returns the file size in bytes."""
+    arrays, meta = {}, {}
+    flat = jax.tree_util.tree_flatten_with_path(artifact, is_leaf=_is_q)[0]
+    for kp, x in flat:
+        p = jtree.path_str(kp)
+        if _is_q(x):
+            arrays[p + "::values"] = np.asarray(x.values)
+            arrays[p + "::scale"] = np.asarray(x.scale)
+            if not x.spec.symmetric:
+                arrays[p + "::zero_point"] = np.asarray(x.zero_point)
+            meta[p] = {"kind": "q", "shape": list(x.shape), "spec": _spec_dict(x.spec), "packed": x.packed,
+                       "zp_shape": list(x.zero_point.shape), "zp_dtype": str(np.asarray(x.zero_point).dtype)}
+        else:
+            arrays[p] = np.asarray(x)
+            meta[p] = {"kind": "f"}
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+    return os.path.getsize(path)
+
+
+def load(path: str, like=None):
+    """Read a :func:`save` d artifact; ``like`` (a params tree) restores its exact structure."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(bytes(z["__meta__"]).decode())
+        flat = {}
+        for p, m in meta.items():
+            if m["kind"] == "f":
+                flat[p] = jnp.asarray(z[p])
+                continue
+            spec = QuantSpec(**m["spec"])
+            zp = (jnp.asarray(z[p + "::zero_point"]) if p + "::zero_point" in z.files
+                  else jnp.zeros(m["zp_shape"], m["zp_dtype"]))
+            flat[p] = QArray(jnp.asarray(z[p + "::values"]), jnp.asarray(z[p + "::scale"]), zp,
+                             tuple(m["shape"]), spec, m["packed"])
+    if like is not None:
+        missing = set(jtree.paths(like)) ^ set(flat)
+        if missing:
+            raise ValueError(f"artifact and `like` differ at paths {sorted(missing)}")
+        return jtree.map_with_path(lambda p, _: flat[p], like)
+    out: dict = {}
+    for p, v in flat.items():
+        d = out
+        *head, last = p.split("/")
+        for k in head:
+            d = d.setdefault(k, {})
+        d[last] = v
+    return out

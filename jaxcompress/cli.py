@@ -37,7 +37,8 @@ def _demo(args) -> int:
                "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accs": accs,
                "train_seconds": float(np.mean(secs))}
         rows.append(row)
-        print(f"{dataset:8s} {model:8s} {row['params']:7d} {100 * row['acc_mean']:8.2f} ± {100 * row['acc_std']:4.2f} "
+        spread = f"± {100 * row['acc_std']:4.2f}" if args.seeds > 1 else " " * 6
+        print(f"{dataset:8s} {model:8s} {row['params']:7d} {100 * row['acc_mean']:8.2f} {spread} "
               f"{row['train_seconds']:8.1f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

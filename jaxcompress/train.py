@@ -72,6 +72,26 @@ def make_loss_fn(apply_fn, transform: Transform | None = None, loss_fn=cross_ent
     return loss
 
 
+def apply_gradients(state: TrainState, grads, optimizer: optax.GradientTransformation,
+                    transform: Transform | None = None) -> TrainState:
+    """The optimizer update, then ``transform.update`` and ``transform.reset_opt_state``.
+
+    Shared by every train step (plain, distillation, runner) so that a transform sees the
+    same :class:`Context` everywhere: ``step`` counts optimizer steps taken (after this one).
+    """
+    transform = transform or identity()
+    # optax's Adam computes `float ** int32` in its bias correction, which fails under
+    # jax_numpy_dtype_promotion="strict"; give the optimizer standard promotion only.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    rng, sub = jax.random.split(state.rng)
+    new_step = state.step + 1
+    params, tstate = transform.update(params, state.tstate, Context(new_step, grads, sub))
+    opt_state = transform.reset_opt_state(opt_state, state.tstate, tstate)
+    return TrainState(new_step, params, opt_state, tstate, rng)
+
+
 def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
                     transform: Transform | None = None, loss_fn=cross_entropy, donate: bool = True, jit: bool = True):
     """Build ``step(state, batch) -> (state, metrics)``, jit-compiled with the state donated.
@@ -89,17 +109,8 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
 
     def step(state: TrainState, batch):
         (loss_value, logits), grads = jax.value_and_grad(loss, has_aux=True)(state.params, state.tstate, batch)
-        # optax's Adam computes `float ** int32` in its bias correction, which fails under
-        # jax_numpy_dtype_promotion="strict"; give the optimizer standard promotion only.
-        with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        rng, sub = jax.random.split(state.rng)
-        new_step = state.step + 1
-        params, tstate = transform.update(params, state.tstate, Context(new_step, grads, sub))
-        opt_state = transform.reset_opt_state(opt_state, state.tstate, tstate)
         metrics = {"loss": loss_value, "accuracy": accuracy(logits, batch[1])}
-        return TrainState(new_step, params, opt_state, tstate, rng), metrics
+        return apply_gradients(state, grads, optimizer, transform), metrics
 
     if not jit:
         return step

@@ -41,8 +41,8 @@ import numpy as np
 import optax
 
 from jaxcompress.distillation.losses import DistillLoss, Outputs, kd
-from jaxcompress.train import create_train_state
-from jaxcompress.transform import Context, Transform, identity
+from jaxcompress.train import TrainState, apply_gradients, create_train_state
+from jaxcompress.transform import Transform, identity
 
 
 class DistillState(NamedTuple):
@@ -129,19 +129,15 @@ class DistillStep:
             teachers = self.teacher_outputs(teacher_params, batch)
             (value, (metrics, logits)), (grads, lgrads) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
                 state.params, state.loss_params, state.tstate, state.hparams, teachers, batch)
-            # optax's Adam computes `float ** int32`, which strict dtype promotion rejects.
-            with jax.numpy_dtype_promotion("standard"):
-                updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-                if jax.tree.leaves(state.loss_params):
+            student = TrainState(state.step, state.params, state.opt_state, state.tstate, state.rng)
+            new_step, params, opt_state, tstate, rng = apply_gradients(student, grads, optimizer, transform)
+            if jax.tree.leaves(state.loss_params):
+                # optax's Adam computes `float ** int32`, which strict dtype promotion rejects.
+                with jax.numpy_dtype_promotion("standard"):
                     lupd, loss_opt_state = optimizer.update(lgrads, state.loss_opt_state, state.loss_params)
-                    loss_params = optax.apply_updates(state.loss_params, lupd)
-                else:
-                    loss_params, loss_opt_state = state.loss_params, state.loss_opt_state
-            params = optax.apply_updates(state.params, updates)
-            rng, sub = jax.random.split(state.rng)
-            new_step = state.step + 1
-            params, tstate = transform.update(params, state.tstate, Context(new_step, grads, sub))
-            opt_state = transform.reset_opt_state(opt_state, state.tstate, tstate)
+                loss_params = optax.apply_updates(state.loss_params, lupd)
+            else:
+                loss_params, loss_opt_state = state.loss_params, state.loss_opt_state
             labels = batch[1]
             labeled = (labels >= 0).astype(jnp.float32)
             hit = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)

@@ -19,8 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# TODO(lead): nm_mask / per_output_mask could later delegate to the pruning package's selection
-# helpers (jaxcompress.pruning.threshold / select) once their N:M API exists.
+from jaxcompress.pruning import select
 
 
 def input_sq_norms(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -62,15 +61,16 @@ def per_output_mask(s: jax.Array, sparsity) -> jax.Array:
 def nm_mask(s: jax.Array, n: int = 2, m: int = 4) -> jax.Array:
     """N:M mask: in every block of ``m`` consecutive inputs (axis 0) of each output keep the ``n`` largest.
 
+    The selection is :func:`jaxcompress.pruning.select.nm_mask` along the input axis (ties keep
+    the lower index).
+
     Raises:
-      ValueError: if ``m`` does not divide the input size or ``not 0 < n <= m``.
+      ValueError: if ``m`` does not divide the input size or ``not 0 < n < m``.
     """
-    if not 0 < n <= m or s.shape[0] % m:
-        raise ValueError(f"N:M={n}:{m} needs 0 < n <= m and m dividing the input size {s.shape[0]} "
+    if not 0 < n < m or s.shape[0] % m:
+        raise ValueError(f"N:M={n}:{m} needs 0 < n < m and m dividing the input size {s.shape[0]} "
                          f"(scores shape {s.shape})")
-    g = s.reshape(s.shape[0] // m, m, *s.shape[1:])
-    rank = jnp.argsort(jnp.argsort(-g, axis=1, stable=True), axis=1, stable=True)
-    return (rank < n).reshape(s.shape)
+    return select.nm_mask(s, n, m, axis=0)
 
 
 def prune(kernel: jax.Array, input_norms: jax.Array | None = None, sparsity=0.5, nm: tuple[int, int] | None = None):

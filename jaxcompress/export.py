@@ -90,10 +90,8 @@ def compress(params: Any, bits: int = 4, where=None, codec: str = "lzma", float_
             raise ValueError(f"params leaf {path!r} has non-finite values; cannot export")
     qtree = quantization.convert(params, quantization.QuantSpec(bits=int(bits)), where=where)
     is_q = lambda x: isinstance(x, quantization.QArray)
-    flat, _ = jax.tree_util.tree_flatten_with_path(qtree, is_leaf=is_q)
     header, chunks, out, offset = [], [], {}, 0
-    for kp, leaf in flat:
-        path = jtree.path_str(kp)
+    for path, leaf in jtree.named_leaves(qtree, is_leaf=is_q):
         if is_q(leaf):
             parts, meta, out[path] = _q_parts(leaf, int(bits))
             entry = {"path": path, "kind": "q", "shape": list(leaf.shape), **meta, "sizes": [len(p) for p in parts]}

@@ -50,9 +50,13 @@ def path_str(keypath) -> str:
     return "/".join(p for p in parts if p is not None)
 
 
-def named_leaves(tree: Params) -> list[tuple[str, Any]]:
-    """``[(path, leaf), ...]`` in flattening order; ``None`` leaves are skipped."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+def named_leaves(tree: Params, is_leaf: Callable[[Any], bool] | None = None) -> list[tuple[str, Any]]:
+    """``[(path, leaf), ...]`` in flattening order; ``None`` leaves are skipped.
+
+    ``is_leaf`` stops flattening at matching nodes (e.g. a quantized-array pytree), as in
+    ``jax.tree_util.tree_flatten_with_path``.
+    """
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
     return [(path_str(kp), leaf) for kp, leaf in flat]
 
 

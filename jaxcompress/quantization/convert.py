@@ -141,9 +141,7 @@ def _spec_dict(s: QuantSpec) -> dict:
 def save(path: str, artifact) -> int:
     """Write ``artifact`` to ``path`` (``.npz``, no pickle); returns the file size in bytes."""
     arrays, meta = {}, {}
-    flat = jax.tree_util.tree_flatten_with_path(artifact, is_leaf=_is_q)[0]
-    for kp, x in flat:
-        p = jtree.path_str(kp)
+    for p, x in jtree.named_leaves(artifact, is_leaf=_is_q):
         if _is_q(x):
             arrays[p + "::values"] = np.asarray(x.values)
             arrays[p + "::scale"] = np.asarray(x.scale)

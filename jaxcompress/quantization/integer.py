@@ -62,8 +62,8 @@ def integer_apply(model, artifact, act_ranges: dict | None = None, act_spec: Qua
       act_ranges: calibrated ``{layer: (min, max)}``; ``None`` means dynamic per-batch ranges.
       act_spec: activation quantizer (symmetric, per-tensor).
     """
-    qarrays = {p: x for p, x in jax.tree_util.tree_flatten_with_path(artifact, is_leaf=lambda x: isinstance(x, QArray))[0]
-               for p in [jtree.path_str(p)] if isinstance(x, QArray)}
+    is_q = lambda x: isinstance(x, QArray)  # noqa: E731
+    qarrays = {p: x for p, x in jtree.named_leaves(artifact, is_leaf=is_q) if is_q(x)}
     params = dequantize_tree(artifact)
 
     def handler(layer, op, lhs, rhs):

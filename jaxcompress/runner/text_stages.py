@@ -1,0 +1,238 @@
+"""The stages of a sentence-encoder pipeline (``dataset = "stdlib_text"``): one-shot BERT compression.
+
+Stage types (fields in :data:`jaxcompress.runner.schema.STAGES`), all backed by
+:mod:`jaxcompress.bert_compress`:
+
+* ``encoder`` - the starting model: ``weights="minilm"`` (the pretrained all-MiniLM-L6-v2) or
+  ``"random"`` (a freshly initialised BERT of shape ``model_kw``; for tests). It also fixes the
+  evaluation and calibration sentences (``n_eval``, ``n_calib``, ``calib_length``) for every
+  stage downstream of it.
+* ``w8a8`` - int8 weights x int8 activations (``activations="token"`` or ``"tensor"`` with an
+  ``observer``);
+* ``weight_quant`` - weight-only ``method="rtn"|"gptq"``, ``bits``, ``group_size`` (0 = per channel);
+* ``oneshot_prune`` - ``score="magnitude"|"wanda"``, ``sparsity`` or ``nm=(2, 4)``;
+* ``layer_distill`` - a student from teacher blocks ``layers``, trained to match the input
+  stage's embeddings on the calibration sentences (``steps``, ``lr``, ``batch_size``, ``max_length``);
+* ``evaluate`` - the table: cosine and nearest-neighbour agreement with the reference stage's
+  embeddings, artifact bytes and compression, latency of one batch.
+
+Every stage writes ``<run>/stages/<name>/artifact.npz`` (the stored model:
+:func:`~jaxcompress.bert_compress.save_artifact`) and ``result.json``; later stages and the
+quality figures use the params read back from that file. Text stages run on one device.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcompress import bert_compress as bc
+from jaxcompress import text_metrics
+from jaxcompress.models import bert
+from jaxcompress.runner.checkpoint import atomic_write_json, read_json
+from jaxcompress.runner.config import ConfigError, to_plain
+
+TEXT_STAGES = ("encoder", "w8a8", "weight_quant", "oneshot_prune", "layer_distill")
+TEXT_DATASETS = ("stdlib_text",)
+
+
+def _stages():
+    from jaxcompress.runner import stages  # noqa: PLC0415 - stages imports this module's users
+
+    return stages
+
+
+def root(cfg, name: str) -> str:
+    """The ``encoder`` stage that ``name`` descends from (following ``input``)."""
+    seen = set()
+    while cfg[name].type != "encoder":
+        if name in seen:
+            raise ConfigError(f"config key '{name}.input' forms a cycle")
+        seen.add(name)
+        name = cfg[name].input
+    return name
+
+
+@functools.lru_cache(maxsize=4)
+def _base(weights: str, kw: tuple, seed: int):
+    """``(module, params, tokenizer)`` of an encoder stage (cached per process)."""
+    if weights == "minilm":
+        m = bert.load_minilm()
+        return m.module, m.params, m.tokenizer
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(bert.model_dir() / "tokenizer.json"))
+    try:
+        config = bert.BertConfig(vocab_size=tok.get_vocab_size(), **dict(kw))
+    except TypeError as e:
+        raise ConfigError(f"encoder model_kw does not fit BertConfig: {e}") from None
+    module = bert.BertEncoder(config)
+    ids = jnp.ones((1, 8), jnp.int32)
+    params = jax.jit(lambda: module.init(jax.random.key(seed), ids, ids)["params"])()
+    return module, params, tok
+
+
+def base(ctx, name: str):
+    s = ctx.cfg[root(ctx.cfg, name)]
+    kw = tuple(sorted((k, v) for k, v in to_plain(s.model_kw).items()))
+    return _base(s.weights, kw, ctx.cfg.seed)
+
+
+def module_for(ctx, name: str, params) -> bert.BertEncoder:
+    """The encoder that runs ``params`` (a student has fewer blocks than its teacher)."""
+    module = base(ctx, name)[0]
+    return bert.BertEncoder(module.config._replace(num_layers=len(bc.blocks(params))))
+
+
+def sentences(ctx, name: str) -> tuple[list[str], list[str]]:
+    """``(eval, calib)`` sentences of the stage's encoder (disjoint splits of the corpus)."""
+    s = ctx.cfg[root(ctx.cfg, name)]
+    return ctx.ds.eval[: s.n_eval], ctx.ds.calib[: s.n_calib]
+
+
+def calib_batches(ctx, name: str):
+    s = ctx.cfg[root(ctx.cfg, name)]
+    tok = base(ctx, name)[2]
+    return bc.calibration_batches(tok, sentences(ctx, name)[1], batch_size=32, max_length=s.calib_length)
+
+
+def embed(ctx, name: str, params) -> np.ndarray:
+    module, _, tok = base(ctx, name)
+    model = bert.Pretrained(module_for(ctx, name, params), params, tok)
+    return bert.embed(model, sentences(ctx, name)[0], params=params)
+
+
+def reference_embeddings(ctx, name: str) -> np.ndarray:
+    """Embeddings of the evaluation sentences by the stage's encoder (cached next to its artifact)."""
+    r = root(ctx.cfg, name)
+    path = os.path.join(_stages().stage_dir(ctx, r), "eval_embeddings.npy")
+    if not os.path.exists(path):
+        np.save(path, embed(ctx, r, load_params(ctx, r)))
+    return np.load(path)
+
+
+def load_params(ctx, name: str):
+    return bc.load_artifact(os.path.join(_stages().stage_dir(ctx, name), "artifact.npz"))
+
+
+def apply_fn(ctx, name: str, params):
+    module = module_for(ctx, name, params)
+    return lambda p, ids, mask: module.apply({"params": p}, ids, mask)
+
+
+def load_output(ctx, name: str):
+    stages = _stages()
+    if not stages.is_done(ctx, name):
+        raise ConfigError(f"stage {name!r} has no finished output in {ctx.run_dir!r}; run it first "
+                          "(put it earlier in the pipeline)")
+    params = load_params(ctx, name)
+    return stages.Output(apply_fn(ctx, name, params), params,
+                         read_json(os.path.join(stages.stage_dir(ctx, name), "result.json")))
+
+
+def _compress(ctx, name: str, outputs: dict):
+    """The params that stage ``name`` produces (float or compressed), and extra result fields."""
+    s = ctx.cfg[name]
+    if s.type == "encoder":
+        return base(ctx, name)[1], {}
+    src = outputs[s.input].params
+    module = module_for(ctx, s.input, src)
+    try:
+        if s.type == "w8a8":
+            scales = None
+            if s.activations == "tensor":
+                scales = bc.calibrate_activation_scales(module, src, calib_batches(ctx, name), observer=s.observer)
+            return bc.quantize_w8a8(src, s.activations, scales), {}
+        if s.type == "weight_quant":
+            return bc.quantize_weights(module, src, calib_batches(ctx, name), method=s.method, bits=s.bits,
+                                       group_size=s.group_size or None, damp=s.damp), {}
+        if s.type == "oneshot_prune":
+            p, _ = bc.prune(module, src, calib_batches(ctx, name), score=s.score, sparsity=s.sparsity,
+                            nm=tuple(s.nm) or None)
+            return p, {}
+        # layer_distill: match the input stage's embeddings on the calibration sentences
+        smod, sp = bc.make_student(module, src, tuple(s.layers))
+        tok = base(ctx, name)[2]
+        calib = sentences(ctx, name)[1]
+        ids, mask = bert.tokenize(tok, calib, max_length=s.max_length, pad_to=s.max_length)
+        teacher = bert.embed(bert.Pretrained(module, src, tok), calib, params=src, max_length=s.max_length)
+        before = float(text_metrics.mean_cosine(embed(ctx, name, sp), reference_embeddings(ctx, name)))
+        sp = bc.distill_student(smod, sp, ids, mask, teacher, s.steps, s.batch_size, s.lr, seed=ctx.cfg.seed)
+        return sp, {"cosine_before_training": before, "steps": s.steps}
+    except ValueError as e:
+        raise ConfigError(f"stage {name!r}: {e}") from None
+
+
+def run(ctx, name: str, outputs: dict):
+    """Run text stage ``name``: compress, write the artifact, measure it as read back."""
+    stages = _stages()
+    t0 = time.perf_counter()
+    params, extra = _compress(ctx, name, outputs)
+    d = stages.stage_dir(ctx, name)
+    os.makedirs(d, exist_ok=True)
+    size = bc.save_artifact(os.path.join(d, "artifact.npz"), jax.device_get(params))
+    params = load_params(ctx, name)
+    emb, ref = embed(ctx, name, params), reference_embeddings(ctx, name)
+    result = {"stage": name, "type": ctx.cfg[name].type, "fingerprint": stages.fingerprint(ctx.cfg, name),
+              "cosine": float(text_metrics.mean_cosine(emb, ref)), "nn_agree": float(text_metrics.nn_agreement(emb, ref)),
+              "artifact_bytes": int(size), "linear_bytes": bc.artifact_bytes(params, linear_only=True),
+              "blocks": len(bc.blocks(params)), "seconds": time.perf_counter() - t0, **extra}
+    atomic_write_json(os.path.join(d, "result.json"), result)
+    return stages.Output(apply_fn(ctx, name, params), params, result)
+
+
+def latency(fn, params, ids, mask, repeats: int) -> float:
+    """Median seconds of one jitted forward pass."""
+    f = jax.jit(fn)
+    jax.block_until_ready(f(params, ids, mask))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(f(params, ids, mask))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def evaluate(ctx, name: str, outputs: dict):
+    """The table of every stage: cosine, nn agreement, bytes, compression vs the reference, latency."""
+    stages, s, cfg = _stages(), ctx.cfg[name], ctx.cfg
+    order = [p for p in cfg.pipeline if p in outputs and cfg[p].type != "evaluate"]
+    ref = s.reference or order[0]
+    ref_bytes = outputs[ref].result["artifact_bytes"]
+    tok = base(ctx, ref)[2]
+    evals = sentences(ctx, ref)[0]
+    ids, mask = bert.tokenize(tok, (evals * (s.latency_batch // max(1, len(evals)) + 1))[: s.latency_batch],
+                              max_length=s.latency_length, pad_to=s.latency_length)
+    mask[:] = 1  # every position is a real token
+    rows = []
+    for p in order:
+        r = outputs[p].result
+        rows.append({"stage": p, "type": r["type"], "cosine": r["cosine"], "nn_agree": r["nn_agree"],
+                     "artifact_bytes": r["artifact_bytes"], "compression": ref_bytes / r["artifact_bytes"],
+                     "latency_ms": 1e3 * latency(outputs[p].apply_fn, outputs[p].params, ids, mask,
+                                                 s.latency_repeats)})
+    final = rows[-1]
+    result = {"stage": name, "type": "evaluate", "fingerprint": stages.fingerprint(cfg, name), "rows": rows,
+              "reference": ref, "cosine": final["cosine"], "nn_agree": final["nn_agree"],
+              "artifact_bytes": final["artifact_bytes"], "compression_ratio": final["compression"],
+              "final_stage": final["stage"]}
+    atomic_write_json(os.path.join(stages.stage_dir(ctx, name), "result.json"), result)
+    return stages.Output(outputs[final["stage"]].apply_fn, outputs[final["stage"]].params, result)
+
+
+def format_table(rows: list[dict]) -> str:
+    """The text pipeline's table: stage, cosine, nn agreement, bytes, compression, latency."""
+    head = f"{'stage':14s} {'type':13s} {'cosine':>7s} {'nn agree':>8s} {'bytes':>10s} {'vs ref':>7s} {'ms/batch':>9s}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['stage']:14s} {r['type']:13s} {r['cosine']:7.4f} {r['nn_agree']:8.3f} "
+                     f"{r['artifact_bytes']:10d} {r['compression']:6.2f}x {r['latency_ms']:9.1f}")
+    return "\n".join(lines)
+
+
+__all__ = ["TEXT_STAGES", "TEXT_DATASETS", "run", "evaluate", "load_output", "format_table", "root"]

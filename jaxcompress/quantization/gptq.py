@@ -8,9 +8,10 @@ factor ``U`` of ``H^-1``, it quantizes input row ``i`` of the kernel, and spread
 Updates are applied lazily in blocks (the paper's batching; the result is the same as the
 plain loop because groups never straddle blocks). Dead inputs (``H_ii = 0``) get weight 0.
 
-The grid is the paper's: asymmetric min-max per output channel (``group_size=None``) or per
-group of ``group_size`` consecutive input rows, whose range is taken from the *updated* weights
-when the group starts. :func:`rtn` is plain round-to-nearest on the same grid, for comparison.
+The grid is the paper's, computed by :mod:`jaxcompress.quantization.grid`: asymmetric min-max per
+output channel (``group_size=None``) or per group of ``group_size`` consecutive input rows, whose
+range is taken from the *updated* weights when the group starts. :func:`rtn` is plain
+round-to-nearest on the same grid, for comparison.
 
 >>> import jax, jax.numpy as jnp
 >>> x = jax.random.normal(jax.random.key(0), (64, 8))
@@ -29,7 +30,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-# TODO(lead): switch the grid helpers below to jaxcompress.quantization.grid once its API settles.
+from jaxcompress.quantization import grid
+from jaxcompress.quantization.spec import QuantSpec, qrange
 
 
 class Quantized(NamedTuple):
@@ -62,18 +64,21 @@ def hessian(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     return 2.0 * (x2.T @ x2) / n
 
 
-def _grid(w_rows, maxq):
-    """Asymmetric min-max grid over axis 0 of ``w_rows`` (``(rows, out)``) -> scale, zero ``(out,)``."""
-    lo = jnp.minimum(jnp.min(w_rows, axis=0), 0.0)
-    hi = jnp.maximum(jnp.max(w_rows, axis=0), 0.0)
-    empty = (lo == 0.0) & (hi == 0.0)
-    lo, hi = jnp.where(empty, -1.0, lo), jnp.where(empty, 1.0, hi)
-    scale = (hi - lo) / maxq
-    return scale, jnp.floor(-lo / scale + 0.5)
+#: GPTQ's grid is asymmetric min-max; :mod:`.grid` computes it on the signed range [qmin, qmax]
+#: and the codes here are shifted to the unsigned range [0, 2**bits - 1] that is stored.
+ASYMMETRIC = QuantSpec(bits=8, symmetric=False, granularity="tensor")
 
 
-def _code(w, scale, zero, maxq):
-    return jnp.clip(jnp.floor(w / scale + 0.5) + zero, 0.0, maxq)
+def _grid(w_rows, bits):
+    """Asymmetric min-max grid over axis 0 of ``w_rows`` (``(rows, out)``) -> scale, unsigned zero ``(out,)``."""
+    scale, zp = grid.compute_scale_zero_point(jnp.min(w_rows, axis=0), jnp.max(w_rows, axis=0), ASYMMETRIC, bits)
+    return scale, zp - qrange(ASYMMETRIC, bits)[0]
+
+
+def _code(w, scale, zero, bits):
+    """Unsigned codes of ``w`` on the grid ``(scale, zero)``."""
+    qmin = qrange(ASYMMETRIC, bits)[0]
+    return grid.quantize(w, ASYMMETRIC, scale, zero + qmin, bits) - qmin
 
 
 def _check(kernel, group_size, h=None):
@@ -90,11 +95,10 @@ def _check(kernel, group_size, h=None):
 def rtn(kernel: jax.Array, bits=4, group_size: int | None = None) -> Quantized:
     """Round-to-nearest on the GPTQ grid (asymmetric min-max per channel or per group)."""
     g = _check(kernel, group_size)
-    maxq = jnp.exp2(jnp.asarray(bits, jnp.float32)) - 1.0
     n_in, n_out = kernel.shape
     wg = kernel.astype(jnp.float32).reshape(n_in // g, g, n_out)
-    scale, zero = jax.vmap(lambda r: _grid(r, maxq))(wg)
-    codes = _code(wg, scale[:, None], zero[:, None], maxq)
+    scale, zero = jax.vmap(lambda r: _grid(r, bits))(wg)
+    codes = _code(wg, scale[:, None], zero[:, None], bits)
     deq = (scale[:, None] * (codes - zero[:, None])).reshape(n_in, n_out)
     return Quantized(deq.astype(kernel.dtype), codes.reshape(n_in, n_out).astype(jnp.uint8), scale, zero)
 
@@ -120,7 +124,6 @@ def gptq(kernel: jax.Array, h: jax.Array, bits=4, group_size: int | None = None,
     """
     g = _check(kernel, group_size, h)
     n_in, n_out = kernel.shape
-    maxq = jnp.exp2(jnp.asarray(bits, jnp.float32)) - 1.0
     w = kernel.astype(jnp.float32).T  # (out, in): columns are quantized one by one
     h = h.astype(jnp.float32)
     dead = jnp.diag(h) == 0.0
@@ -129,7 +132,7 @@ def gptq(kernel: jax.Array, h: jax.Array, bits=4, group_size: int | None = None,
     h = h + jnp.asarray(damp, jnp.float32) * jnp.mean(jnp.diag(h)) * jnp.eye(n_in, dtype=jnp.float32)
     hinv = jnp.linalg.cholesky(jnp.linalg.inv(h)).T  # upper Cholesky factor of H^-1
     per_channel = group_size is None
-    scale0, zero0 = _grid(w.T, maxq) if per_channel else (jnp.ones(n_out), jnp.zeros(n_out))
+    scale0, zero0 = _grid(w.T, bits) if per_channel else (jnp.ones(n_out), jnp.zeros(n_out))
     bs = g * max(1, -(-min(block_size, n_in) // g)) if not per_channel else min(block_size, n_in)
     codes, scales, zeros = [], [], []
     for b0 in range(0, n_in, bs):
@@ -140,13 +143,13 @@ def gptq(kernel: jax.Array, h: jax.Array, bits=4, group_size: int | None = None,
             w1, q1, e1, sc, zp, s_all, z_all = carry
             if not per_channel:
                 start = jax.lax.dynamic_slice(w1, (0, i), (n_out, g))
-                ns, nz = _grid(start.T, maxq)
+                ns, nz = _grid(start.T, bits)
                 new_group = (i % g) == 0
                 sc, zp = jnp.where(new_group, ns, sc), jnp.where(new_group, nz, zp)
                 s_all = jax.lax.dynamic_update_slice(s_all, sc[None], (i // g, 0))
                 z_all = jax.lax.dynamic_update_slice(z_all, zp[None], (i // g, 0))
             col = w1[:, i]
-            q = _code(col, sc, zp, maxq)
+            q = _code(col, sc, zp, bits)
             err = (col - sc * (q - zp)) / u1[i, i]
             w1 = w1 - err[:, None] * u1[i][None, :]
             return (w1, q1.at[:, i].set(q), e1.at[:, i].set(err), sc, zp, s_all, z_all)

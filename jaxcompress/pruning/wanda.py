@@ -50,12 +50,14 @@ def scores(kernel: jax.Array, input_norms: jax.Array) -> jax.Array:
 
 
 def per_output_mask(s: jax.Array, sparsity) -> jax.Array:
-    """Keep the top ``round((1 - sparsity) * in)`` scores of every output column (``sparsity`` may be traced)."""
+    """Keep the top ``round((1 - sparsity) * in)`` scores of every output column (``sparsity`` may be traced).
+
+    Each column is an exact counting top-k (:func:`jaxcompress.pruning.select.topk_mask_k`,
+    vmapped over the outputs); ties keep the lower input index.
+    """
     n_in = s.shape[0]
-    sp = jnp.asarray(sparsity, jnp.float32)
-    keep = jnp.round((1.0 - sp) * n_in).astype(jnp.int32)
-    rank = jnp.argsort(jnp.argsort(-s, axis=0, stable=True), axis=0, stable=True)  # 0 = largest
-    return rank < keep
+    keep = jnp.round((1.0 - jnp.asarray(sparsity, jnp.float32)) * n_in).astype(jnp.int32)
+    return jax.vmap(lambda col: select.topk_mask_k(col, keep), in_axes=1, out_axes=1)(s)
 
 
 def nm_mask(s: jax.Array, n: int = 2, m: int = 4) -> jax.Array:

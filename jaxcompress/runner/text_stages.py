@@ -12,7 +12,8 @@ Stage types (fields in :data:`jaxcompress.runner.schema.STAGES`), all backed by
 * ``weight_quant`` - weight-only ``method="rtn"|"gptq"``, ``bits``, ``group_size`` (0 = per channel);
 * ``oneshot_prune`` - ``score="magnitude"|"wanda"``, ``sparsity`` or ``nm=(2, 4)``;
 * ``layer_distill`` - a student from teacher blocks ``layers``, trained to match the input
-  stage's embeddings on the calibration sentences (``steps``, ``lr``, ``batch_size``, ``max_length``);
+  stage's embeddings on the calibration split (its first ``n_sentences``; 0 = all of it;
+  ``steps``, ``lr``, ``batch_size``, ``max_length``);
 * ``evaluate`` - the table: cosine and nearest-neighbour agreement with the reference stage's
   embeddings, artifact bytes and compression, latency of one batch.
 
@@ -160,15 +161,15 @@ def _compress(ctx, name: str, outputs: dict):
             p, _ = bc.prune(module, src, calib_batches(ctx, name), score=s.score, sparsity=s.sparsity,
                             nm=tuple(s.nm) or None)
             return p, {}
-        # layer_distill: match the input stage's embeddings on the calibration sentences
+        # layer_distill: match the input stage's embeddings on the calibration split
         smod, sp = bc.make_student(module, src, tuple(s.layers))
         tok = base(ctx, name)[2]
-        calib = sentences(ctx, name)[1]
+        calib = ctx.ds.calib[: s.n_sentences or None]
         ids, mask = bert.tokenize(tok, calib, max_length=s.max_length, pad_to=s.max_length)
         teacher = bert.embed(bert.Pretrained(module, src, tok), calib, params=src, max_length=s.max_length)
         before = float(text_metrics.mean_cosine(embed(ctx, name, sp), reference_embeddings(ctx, name)))
         sp = bc.distill_student(smod, sp, ids, mask, teacher, s.steps, s.batch_size, s.lr, seed=ctx.cfg.seed)
-        return sp, {"cosine_before_training": before, "steps": s.steps}
+        return sp, {"cosine_before_training": before, "steps": s.steps, "train_sentences": len(calib)}
     except ValueError as e:
         raise ConfigError(f"stage {name!r}: {e}") from None
 

@@ -11,8 +11,13 @@ The methods of the MiniLM benchmark, each a function from float params to params
 * :func:`prune` - one-shot 2:4 or unstructured sparsity scored by magnitude or Wanda;
 * :func:`make_student` / :func:`distill_student` - a shallower encoder initialised from chosen
   teacher layers, trained to match the teacher's sentence embeddings (cosine loss);
-* :func:`artifact` / :func:`artifact_bytes` - the stored arrays of a compressed model (int8
-  embedding table, packed codes, sparse values + 2-bit positions or a bitmask).
+* :func:`artifact` / :func:`artifact_bytes` / :func:`save_artifact` / :func:`load_artifact` - the
+  stored arrays of a compressed model (int8 embedding table, packed codes, sparse values + 2-bit
+  positions or a bitmask), exactly decodable back to runnable params.
+
+:func:`quantize_w8a8` and magnitude :func:`prune` are pure and jit-able; the calibrated methods
+drive jit-compiled per-block programs from Python (one program per block shape, reused across
+blocks and batches), so call them outside ``jit``.
 
 GPTQ and Wanda calibrate *sequentially* (:func:`sequential`): the inputs of block ``l`` are
 recorded on the model whose blocks ``< l`` are already compressed, as in both papers.
@@ -45,6 +50,7 @@ import optax
 from jaxcompress.distillation.feature_losses import cosine_loss
 from jaxcompress.models import bert
 from jaxcompress.pruning import wanda
+from jaxcompress.pruning.select import check_sparsity
 from jaxcompress.quantization import gptq, grid
 from jaxcompress.quantization.observers import OBSERVERS, make_observer
 from jaxcompress.quantization.spec import QuantSpec
@@ -190,8 +196,8 @@ def quantize_w8a8(params, activations: str = "token", act_scales: dict | None = 
       act_scales: ``{block: {input_name: scale}}``, needed for ``"tensor"``.
 
     Returns:
-      Params whose linear layers are ``{"qkernel", "scale", "bias"[, "act_scale"]}``; the
-      word-embedding table is replaced by its int8 (per-row) round trip, as :func:`artifact` stores it.
+      Params whose linear layers are ``{"qkernel", "scale", "bias"[, "act_scale"]}`` and whose
+      word-embedding table is int8 with one scale per row (:func:`int8_embedding`).
     """
     if activations not in ACTIVATIONS:
         raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
@@ -208,17 +214,20 @@ def quantize_w8a8(params, activations: str = "token", act_scales: dict | None = 
     return int8_embedding(p)
 
 
-def quantize_embedding_rows(e) -> tuple[np.ndarray, np.ndarray]:
+def quantize_embedding_rows(e) -> tuple[jax.Array, jax.Array]:
     """Symmetric int8 codes of an embedding table with one float32 scale per row."""
-    e = np.asarray(e, np.float32)
-    s = np.maximum(np.abs(e).max(1, keepdims=True), 1e-12) / 127.0
-    return np.round(e / s).astype(np.int8), s.astype(np.float32)
+    e = jnp.asarray(e, jnp.float32)
+    s = jnp.maximum(jnp.max(jnp.abs(e), axis=1, keepdims=True), 1e-12) / 127.0
+    return jnp.round(e / s).astype(jnp.int8), s
 
 
 def int8_embedding(params) -> dict:
-    """``params`` with the word-embedding table replaced by its int8 per-row round trip."""
-    q, s = quantize_embedding_rows(params["word_embeddings"]["embedding"])
-    return {**params, "word_embeddings": {"embedding": jnp.asarray(q.astype(np.float32) * s)}}
+    """``params`` with the word-embedding table stored as int8 rows + one scale each (``{"q", "scale"}``)."""
+    words = params["word_embeddings"]
+    if "q" in words:
+        return params
+    q, s = quantize_embedding_rows(words["embedding"])
+    return {**params, "word_embeddings": {"q": q, "scale": s}}
 
 
 # ----------------------------------------------------------------------------- weight-only int4
@@ -292,8 +301,8 @@ def prune(module, params, batches: Batches | None = None, score: str = "wanda", 
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    if nm is None and not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if nm is None:
+        check_sparsity(sparsity)  # a traced sparsity passes unchecked
     _check_float(params, "prune")
     masks = {}
 
@@ -438,8 +447,8 @@ def artifact(params) -> dict:
     Linear layers: float or int8 kernels through :func:`pack_kernel` (+ float32 scales and the
     static activation scale if any), weight-only codes as stored (packed 4-bit + float32 scales +
     uint8 zero points); biases, LayerNorms and position tables float32. The word-embedding table
-    is stored as int8 + one scale per row when the params hold its int8 round trip (every
-    quantized variant), float32 otherwise.
+    is stored as the params hold it: int8 + one scale per row in every quantized variant
+    (:func:`int8_embedding`), float32 otherwise.
     """
     out = {}
     for k, v in params.items():
@@ -455,11 +464,6 @@ def artifact(params) -> dict:
                     out[k][n] = {**pack_kernel(lp["qkernel"]), **{a: b for a, b in lp.items() if a != "qkernel"}}
                 else:
                     out[k][n] = {**lp, "zero": lp["zero"].astype(np.uint8)}
-        elif k == "word_embeddings":
-            e = np.asarray(v["embedding"], np.float32)
-            q, s = quantize_embedding_rows(e)
-            on_grid = np.allclose(q.astype(np.float32) * s, e, rtol=1e-5, atol=0.0)
-            out[k] = {"q": q, "scale": s} if on_grid else {"embedding": e}
         else:
             out[k] = jax.tree.map(np.asarray, v)
     return out
@@ -482,9 +486,6 @@ def from_artifact(art) -> dict:
                     out[k][n] = {**rest, "qkernel": jnp.asarray(unpack_kernel(e))}
                 else:
                     out[k][n] = {**rest, "kernel": jnp.asarray(unpack_kernel(e))}
-        elif k == "word_embeddings" and "q" in v:
-            e = np.asarray(v["q"]).astype(np.float32) * np.asarray(v["scale"])
-            out[k] = {"embedding": jnp.asarray(e)}
         else:
             out[k] = jax.tree.map(jnp.asarray, v)
     return out

@@ -13,7 +13,8 @@ integer matmul, int8 x int8 -> int32, on activations quantized per token, or per
 the layer also holds a calibrated ``act_scale``) or ``{"packed" | "codes", "scale", "zero",
 "bias"}`` (weight-only 4-bit/8-bit codes, as written by
 :func:`jaxcompress.bert_compress.quantize_weights`). So a compressed params dict runs on the
-same module. Inputs of every
+same module, as does an int8 word-embedding table ``{"q", "scale"}`` (one scale per row).
+Inputs of every
 linear layer can be captured with ``mutable=["inputs"]`` (for GPTQ / Wanda calibration).
 
 >>> import jax, jax.numpy as jnp
@@ -140,7 +141,11 @@ class BertEncoder(nn.Module):
         if t > c.max_position:
             raise ValueError(f"sequence length {t} exceeds the position table ({c.max_position} positions); "
                              f"truncate the input (tokenize(..., max_length<={c.max_position}))")
-        emb = nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")(input_ids)
+        words = self.variables.get("params", {}).get("word_embeddings", {})
+        if "q" in words:  # int8 rows with one scale each (jaxcompress.bert_compress.int8_embedding)
+            emb = jnp.take(words["q"], input_ids, axis=0).astype(jnp.float32) * jnp.take(words["scale"], input_ids, axis=0)
+        else:
+            emb = nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")(input_ids)
         emb = emb + nn.Embed(c.max_position, c.hidden_size, name="position_embeddings")(jnp.arange(t))[None]
         emb = emb + nn.Embed(c.type_vocab_size, c.hidden_size, name="token_type_embeddings")(jnp.zeros_like(input_ids))
         h = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embeddings_norm")(emb)

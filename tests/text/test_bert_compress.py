@@ -214,3 +214,15 @@ def test_bad_input():
         bc.make_student(MODULE, PARAMS, (2,))
     with pytest.raises(ValueError, match="observer"):
         bc.calibrate_activation_scales(MODULE, PARAMS, BATCHES, observer="max")
+
+
+def test_pure_methods_work_under_jit():
+    for activations, scales in (("token", None), ("tensor", bc.calibrate_activation_scales(MODULE, PARAMS, BATCHES))):
+        eager = bc.quantize_w8a8(PARAMS, activations, scales)
+        jitted = jax.jit(lambda p, s: bc.quantize_w8a8(p, activations, s))(PARAMS, scales)
+        for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    eager, _ = bc.prune(MODULE, PARAMS, score="magnitude", sparsity=0.5)
+    jitted = jax.jit(lambda p, sp: bc.prune(MODULE, p, score="magnitude", sparsity=sp)[0])(PARAMS, 0.5)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -93,6 +93,12 @@ def test_rerun_skips_and_override_reruns_only_what_changed(text_run, tmp_path):
     assert third["stages"]["gptq"]["cosine"] < summary["stages"]["gptq"]["cosine"]
     with open(os.path.join(d, "config.json")) as f:
         assert json.load(f)["gptq"]["bits"] == 3
+    # a changed encoder reruns what depends on it, and the reference embeddings follow it
+    fewer = tiny_config(["float.n_eval=20"])
+    fewer.pipeline = ("float", "w8a8")
+    fourth = pipeline.run(fewer, d, force=True, progress=False, log=None)
+    assert np.load(os.path.join(d, "stages", "float", "eval_embeddings.npy")).shape[0] == 20
+    assert fourth["stages"]["float"]["cosine"] == pytest.approx(1.0, abs=1e-6) and fourth["stages"]["w8a8"]["cosine"] > 0.99
 
 
 @pytest.mark.parametrize("overrides, key", [

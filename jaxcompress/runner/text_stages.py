@@ -102,15 +102,17 @@ def sentences(ctx, name: str) -> tuple[list[str], list[str]]:
 
 
 def calib_batches(ctx, name: str):
+    """The calibration sentences of the stage's encoder as fixed-shape token batches."""
     s = ctx.cfg[root(ctx.cfg, name)]
     tok = base(ctx, name)[2]
     return bc.calibration_batches(tok, sentences(ctx, name)[1], batch_size=32, max_length=s.calib_length)
 
 
 def embed(ctx, name: str, params) -> np.ndarray:
+    """Embeddings of the evaluation sentences (at most 128 tokens, or the position table's size)."""
     module, _, tok = base(ctx, name)
     model = bert.Pretrained(module_for(ctx, name, params), params, tok)
-    return bert.embed(model, sentences(ctx, name)[0], params=params)
+    return bert.embed(model, sentences(ctx, name)[0], params=params, max_length=min(128, module.config.max_position))
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
@@ -130,6 +132,7 @@ def reference_embeddings(ctx, name: str) -> np.ndarray:
 
 
 def load_params(ctx, name: str):
+    """The params of a finished stage, read back from its artifact."""
     return bc.load_artifact(os.path.join(_stages().stage_dir(ctx, name), "artifact.npz"))
 
 

@@ -20,7 +20,7 @@ EXPERIMENT = os.path.join(ROOT, "experiments", "minilm_compress.py")
 TINY = ["float.weights=random", "float.n_eval=24", "float.n_calib=16", "float.calib_length=16",
         "gptq.group_size=16", "rtn.group_size=16", "student.layers=(1,)", "student.steps=3", "student.batch_size=4",
         "student.max_length=16", "student.n_sentences=16", "evaluate.latency_batch=4", "evaluate.latency_length=16", "evaluate.latency_repeats=1"]
-KW = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position=128)
+KW = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position=64)
 
 
 def tiny_config(extra=()):

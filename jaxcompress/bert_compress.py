@@ -39,6 +39,7 @@ recorded on the model whose blocks ``< l`` are already compressed, as in both pa
 from __future__ import annotations
 
 import functools
+import os
 import time
 from typing import Callable, Sequence
 
@@ -47,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcompress import tree
 from jaxcompress.distillation.feature_losses import cosine_loss
 from jaxcompress.models import bert
 from jaxcompress.pruning import wanda
@@ -252,10 +254,10 @@ def quantize_weights(module, params, batches: Batches | None = None, method: str
     _check_float(params, "quantize_weights")
     for b in blocks(params):
         for n in LINEARS:
-            n_in = params[b][n]["kernel"].shape[0]
-            if group_size is not None and (group_size <= 0 or n_in % group_size):
-                raise ValueError(f"group_size={group_size} must be positive and divide the input size {n_in} "
-                                 f"of {b}/{n}")
+            try:
+                gptq.check_args(params[b][n]["kernel"], group_size)
+            except ValueError as e:
+                raise ValueError(f"{e} of {b}/{n}") from None
     rtn = jax.jit(functools.partial(gptq.rtn, bits=bits, group_size=group_size))
     run_gptq = jax.jit(functools.partial(gptq.gptq, bits=bits, group_size=group_size, damp=damp))
 
@@ -493,10 +495,7 @@ def from_artifact(art) -> dict:
 
 def save_artifact(path: str, params) -> int:
     """Write :func:`artifact` of ``params`` to ``path`` (an uncompressed ``.npz``, atomically); returns its bytes."""
-    import os
-
-    flat = {"/".join(str(getattr(p, "key", p)) for p in kp): np.asarray(x)
-            for kp, x in jax.tree_util.tree_leaves_with_path(artifact(params))}
+    flat = {name: np.asarray(x) for name, x in tree.named_leaves(artifact(params))}
     tmp = path + ".tmp.npz"
     np.savez(tmp, **flat)
     os.replace(tmp, path)
@@ -521,7 +520,7 @@ def artifact_bytes(params, linear_only: bool = False) -> int:
     art = artifact(params)
     if linear_only:
         art = {k: {n: v[n] for n in LINEARS} for k, v in art.items() if k.startswith("layer_")}
-    return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(art)))
+    return tree.nbytes(art)
 
 
 __all__ = ["LINEARS", "INPUT_OF", "blocks", "calibration_batches", "block_statistics", "sequential",

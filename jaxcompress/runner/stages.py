@@ -100,11 +100,16 @@ def fresh_model(ctx: Context, name: str, seed: int | None = None) -> models.Mode
         raise ConfigError(f"config key '{name}.model_kw' does not fit model {model!r}: {e}") from None
 
 
-def load_output(ctx: Context, name: str) -> Output:
-    """The output of an earlier stage; a ConfigError when it has not been produced."""
+def require_done(ctx: Context, name: str) -> None:
+    """A ConfigError unless stage ``name`` has a finished output in the run directory."""
     if not is_done(ctx, name):
         raise ConfigError(f"stage {name!r} has no finished output in {ctx.run_dir!r}; run it first "
                           "(put it earlier in the pipeline)")
+
+
+def load_output(ctx: Context, name: str) -> Output:
+    """The output of an earlier stage; a ConfigError when it has not been produced."""
+    require_done(ctx, name)
     m = fresh_model(ctx, name)
     params = load_tree(os.path.join(stage_dir(ctx, name), "output"), m.params)
     return Output(m.apply_fn, params, read_json(os.path.join(stage_dir(ctx, name), "result.json")))
@@ -180,14 +185,14 @@ def run_other(ctx: Context, name: str, outputs: dict) -> Output:
     return _write(ctx, name, params, result)
 
 
-def latency(apply_fn, params, x, repeats: int) -> float:
-    """Median seconds of one jitted forward pass over batch ``x``."""
+def latency(apply_fn, params, *inputs, repeats: int) -> float:
+    """Median seconds of one jitted forward pass ``apply_fn(params, *inputs)``."""
     f = jax.jit(apply_fn)
-    jax.block_until_ready(f(params, x))
+    jax.block_until_ready(f(params, *inputs))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(f(params, x))
+        jax.block_until_ready(f(params, *inputs))
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
@@ -205,7 +210,7 @@ def _evaluate(ctx: Context, name: str, outputs: dict) -> Output:
                      "bits": r["bits"], "artifact_bytes": r["artifact_bytes"],
                      "compression": ref_bytes / r["artifact_bytes"],
                      "acc_drop_points": 100 * (ref_acc - r["accuracy"]),
-                     "latency_ms": 1e3 * latency(outputs[p].apply_fn, outputs[p].params, x, s.latency_repeats)})
+                     "latency_ms": 1e3 * latency(outputs[p].apply_fn, outputs[p].params, x, repeats=s.latency_repeats)})
     final = rows[-1]
     result = {"rows": rows, "reference": ref, "accuracy": final["accuracy"], "sparsity": final["sparsity"],
               "bits": final["bits"], "artifact_bytes": final["artifact_bytes"], "compression_ratio": final["compression"],
@@ -229,4 +234,4 @@ def format_table(rows: list[dict]) -> str:
 
 
 __all__ = ["Context", "Output", "TRAINING", "make_job", "finish_training", "run_other", "load_output", "is_done",
-           "fingerprint", "format_table", "stage_dir", "latency"]
+           "fingerprint", "format_table", "stage_dir", "latency", "require_done"]

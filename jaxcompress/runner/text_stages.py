@@ -25,6 +25,7 @@ quality figures use the params read back from that file. Text stages run on one 
 from __future__ import annotations
 
 import functools
+import io
 import os
 import time
 
@@ -35,7 +36,7 @@ import numpy as np
 from jaxcompress import bert_compress as bc
 from jaxcompress import text_metrics
 from jaxcompress.models import bert
-from jaxcompress.runner.checkpoint import atomic_write_json, read_json
+from jaxcompress.runner.checkpoint import atomic_write_bytes, atomic_write_json, read_json
 from jaxcompress.runner.config import ConfigError, to_plain
 
 TEXT_STAGES = ("encoder", "w8a8", "weight_quant", "oneshot_prune", "layer_distill")
@@ -116,10 +117,9 @@ def embed(ctx, name: str, params) -> np.ndarray:
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def reference_embeddings(ctx, name: str) -> np.ndarray:
@@ -143,9 +143,7 @@ def apply_fn(ctx, name: str, params):
 
 def load_output(ctx, name: str):
     stages = _stages()
-    if not stages.is_done(ctx, name):
-        raise ConfigError(f"stage {name!r} has no finished output in {ctx.run_dir!r}; run it first "
-                          "(put it earlier in the pipeline)")
+    stages.require_done(ctx, name)
     params = load_params(ctx, name)
     return stages.Output(apply_fn(ctx, name, params), params,
                          read_json(os.path.join(stages.stage_dir(ctx, name), "result.json")))
@@ -205,18 +203,6 @@ def run(ctx, name: str, outputs: dict):
     return stages.Output(apply_fn(ctx, name, params), params, result)
 
 
-def latency(fn, params, ids, mask, repeats: int) -> float:
-    """Median seconds of one jitted forward pass."""
-    f = jax.jit(fn)
-    jax.block_until_ready(f(params, ids, mask))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(f(params, ids, mask))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def evaluate(ctx, name: str, outputs: dict):
     """The table of every stage: cosine, nn agreement, bytes, compression vs the reference, latency."""
     stages, s, cfg = _stages(), ctx.cfg[name], ctx.cfg
@@ -233,8 +219,8 @@ def evaluate(ctx, name: str, outputs: dict):
         r = outputs[p].result
         rows.append({"stage": p, "type": r["type"], "cosine": r["cosine"], "nn_agree": r["nn_agree"],
                      "artifact_bytes": r["artifact_bytes"], "compression": ref_bytes / r["artifact_bytes"],
-                     "latency_ms": 1e3 * latency(outputs[p].apply_fn, outputs[p].params, ids, mask,
-                                                 s.latency_repeats)})
+                     "latency_ms": 1e3 * stages.latency(outputs[p].apply_fn, outputs[p].params, ids, mask,
+                                                        repeats=s.latency_repeats)})
     final = rows[-1]
     result = {"stage": name, "type": "evaluate", "fingerprint": stages.fingerprint(cfg, name), "rows": rows,
               "reference": ref, "cosine": final["cosine"], "nn_agree": final["nn_agree"],

@@ -41,6 +41,8 @@ import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from _results import write_results  # noqa: E402  (scripts/_results.py)
+
 from jaxcompress import baselines, data, models, train  # noqa: E402
 from jaxcompress import distillation as distill  # noqa: E402
 
@@ -211,10 +213,7 @@ def main():
         res["timing_only"] = True
         res["goals"] = {"fused_step_ratio<=1.0": res["fused_step_ratio"] <= 1.0,
                         "cached_step_ratio<=1.05": res["cached_step_ratio"] <= 1.05}
-        print(json.dumps(res, indent=1))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(res, f, indent=1)
+        write_results(res, args.json)
         return
     runs, teachers, transfer0 = [], {}, None
     for seed in seeds:
@@ -238,10 +237,7 @@ def main():
     res["goals"] = {"fused_step_ratio<=1.0": res["fused_step_ratio"] <= 1.0,
                     "cached_step_ratio<=1.05": res["cached_step_ratio"] <= 1.05,
                     "kd_gap_recovered>=0.5": res["kd_gap_recovered"] >= 0.5}
-    print(json.dumps({k: v for k, v in res.items() if k not in ("kd_runs", "table", "table_same")}, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+    write_results(res, args.json, hide=("kd_runs", "table", "table_same"))
 
 
 if __name__ == "__main__":

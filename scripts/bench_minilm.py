@@ -29,7 +29,6 @@ W4 variants unpack and dequantize inside the timed program.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -38,6 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from _results import write_results  # noqa: E402  (scripts/_results.py)
 
 from jaxcompress import bert_compress as bc  # noqa: E402
 from jaxcompress import text_metrics  # noqa: E402
@@ -159,10 +159,7 @@ def main():
         "student3_cos_ge_0.90": res["cos_student3"] >= 0.90,
     }
     res["goals"] = goals
-    print(json.dumps(res, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+    write_results(res, args.json)
 
 
 if __name__ == "__main__":

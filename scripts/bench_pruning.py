@@ -18,7 +18,6 @@ Every figure is measured in this one run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,6 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from _results import write_results  # noqa: E402  (scripts/_results.py)
 
 import jaxcompress.pruning as jp  # noqa: E402
 from jaxcompress import baselines, data, models, train  # noqa: E402
@@ -209,11 +209,7 @@ def main():
     for ds in ("digits", "mnist1d"):
         if f"acc_drop_90_{ds}" in res:
             res["goals"][f"acc_drop_90_{ds}"] = res[f"acc_drop_90_{ds}"] <= 1.0
-    print(json.dumps(res, indent=1))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+    write_results(res, args.json)
 
 
 if __name__ == "__main__":

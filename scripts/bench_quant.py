@@ -14,7 +14,6 @@ Every figure is measured in this one run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,6 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from _results import write_results  # noqa: E402  (scripts/_results.py)
 
 import jaxcompress.quantization as jq  # noqa: E402
 from jaxcompress import baselines, data, models, train, tree  # noqa: E402
@@ -199,11 +199,7 @@ def main(argv=None):
         goals[f"acc_drop_ptq_int8_{name}"] = out[f"acc_drop_ptq_int8_{name}"] <= 0.5
         goals[f"acc_drop_qat_int4_{name}"] = out[f"acc_drop_qat_int4_{name}"] <= 1.0
     out["goals_met"] = goals
-    print(json.dumps(out, indent=1))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_results(out, args.json)
 
 
 if __name__ == "__main__":

@@ -16,21 +16,21 @@ from jaxcompress.quantization.fake import fake_quant, fake_quant_dynamic, lsq_fa
 from jaxcompress.quantization.grid import compute_scale_zero_point, dequantize, minmax, quantize, quantize_dequantize
 from jaxcompress.quantization.integer import int_qat_apply, integer_apply
 from jaxcompress.quantization.observers import (
-                                                 OBSERVERS,
-                                                 entropy_range,
-                                                 make_observer,
-                                                 minmax_range,
-                                                 mse_range,
-                                                 percentile_range,
+    OBSERVERS,
+    entropy_range,
+    make_observer,
+    minmax_range,
+    mse_range,
+    percentile_range,
 )
 from jaxcompress.quantization.spec import QuantSpec, qrange
 from jaxcompress.quantization.transform import (
-                                                 lsq_init_params,
-                                                 lsq_weights,
-                                                 quantize_weights,
-                                                 resolve_specs,
-                                                 set_bits,
-                                                 weight_scale_zero_point,
+    lsq_init_params,
+    lsq_weights,
+    quantize_weights,
+    resolve_specs,
+    set_bits,
+    weight_scale_zero_point,
 )
 
 __all__ = [

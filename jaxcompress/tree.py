@@ -6,8 +6,10 @@ linen ``params`` dict or ``"layers/0/kernel"`` for an ``nnx.State`` (the trailin
 
 A *selector* (the ``where=`` argument of every transform) is one of:
 
-* ``None`` - the default: kernels, i.e. leaves whose last key is ``kernel`` (or any
-  floating leaf with ``ndim >= 2``);
+* ``None`` - the default: kernels, i.e. leaves whose last key is ``kernel`` (flax's name
+  for the weight of ``Dense``, ``DenseGeneral``, ``Conv``, attention projections; never
+  biases, norms or embeddings). Transforms given a ``layout=``
+  (:func:`jaxcompress.layout.trace`) default to the weight operands it lists instead;
 * a ``str`` - a regular expression searched (``re.search``) in the path;
 * a callable ``(path, leaf) -> bool``;
 * a pytree of bools with the structure of ``params``.
@@ -26,7 +28,7 @@ import re
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
+import jax.numpy as jnp  # noqa: F401  (the doctests use it)
 
 Params = Any
 Selector = None | str | Callable[[str, Any], bool] | Any
@@ -71,12 +73,8 @@ def map_with_path(fn: Callable[[str, Any], Any], tree: Params, *rest: Params) ->
 
 
 def is_kernel(path: str, leaf: Any) -> bool:
-    """Default selector: leaves named ``kernel`` or floating arrays with ``ndim >= 2``."""
-    if not hasattr(leaf, "ndim"):
-        return False
-    if path.rsplit("/", 1)[-1] == "kernel":
-        return True
-    return leaf.ndim >= 2 and jnp.issubdtype(leaf.dtype, jnp.floating)
+    """Default selector: array leaves named ``kernel`` (not the 2-D q/k/v biases of attention)."""
+    return hasattr(leaf, "ndim") and path.rsplit("/", 1)[-1] == "kernel"
 
 
 def select(tree: Params, where: Selector = None, *, allow_empty: bool = False) -> Params:

@@ -21,6 +21,19 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
+def num_examples(x) -> int:
+    """The leading dimension shared by every array of the pytree ``x`` (``ValueError`` if they differ)."""
+    sizes = {len(a) for a in jax.tree.leaves(x)}
+    if len(sizes) != 1:
+        raise ValueError(f"the arrays of a batch pytree must share their leading dimension, got sizes {sorted(sizes)}")
+    return sizes.pop()
+
+
+def take(x, idx):
+    """``x[idx]`` on every array of the pytree ``x``."""
+    return jax.tree.map(lambda a: a[idx], x)
+
+
 def _check_positive(name: str, value) -> None:
     if not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -30,7 +43,7 @@ class BatchIterator:
     """Seeded per-epoch shuffling; drops the last incomplete batch of each epoch.
 
     Args:
-      x, y: arrays with the same leading dimension.
+      x, y: arrays (or pytrees of arrays, e.g. ``(ids, mask)``) with the same leading dimension.
       batch_size: examples per batch; must not exceed the number of examples.
       seed: shuffling seed.
       start_step: the global step of the first batch ``next()`` returns (for resume).
@@ -38,22 +51,24 @@ class BatchIterator:
 
     def __init__(self, x, y, batch_size: int, seed: int = 0, start_step: int = 0):
         _check_positive("batch_size", batch_size)
-        if len(x) != len(y):
-            raise ValueError(f"x and y lengths differ: {len(x)} vs {len(y)}")
-        if batch_size > len(x):
-            raise ValueError(f"batch_size={batch_size} is larger than the dataset ({len(x)} examples)")
+        n = num_examples(x)
+        if n != num_examples(y):
+            raise ValueError(f"x and y lengths differ: {n} vs {num_examples(y)}")
+        if batch_size > n:
+            raise ValueError(f"batch_size={batch_size} is larger than the dataset ({n} examples)")
         if start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {start_step}")
         self.x, self.y = x, y
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.step = int(start_step)
-        self.steps_per_epoch = len(x) // self.batch_size
+        self.num_examples = n
+        self.steps_per_epoch = n // self.batch_size
         self._epoch, self._perm = None, None
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
             self._epoch = epoch
         return self._perm
 
@@ -64,7 +79,7 @@ class BatchIterator:
     def batch_at(self, step: int):
         """The ``(x, y)`` batch of global step ``step``."""
         idx = self.indices_at(step)
-        return self.x[idx], self.y[idx]
+        return take(self.x, idx), take(self.y, idx)
 
     def __iter__(self):
         return self

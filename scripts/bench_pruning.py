@@ -32,7 +32,7 @@ import optax  # noqa: E402
 from _results import write_results  # noqa: E402  (scripts/_results.py)
 
 import jaxcompress.pruning as jp  # noqa: E402
-from jaxcompress import baselines, data, models, train  # noqa: E402
+from jaxcompress import baselines, data, layout, models, train  # noqa: E402
 from jaxcompress.pruning.surgery import flops  # noqa: E402
 
 FINETUNE = {"digits": 3000, "mnist1d": 4000}
@@ -113,7 +113,7 @@ def threshold_times(total: int, leaves: int, reps: int) -> dict:
 
 
 # ---------------------------------------------------------------- accuracy ------------------
-def variants(ds_name: str, steps: int) -> dict:
+def variants(ds_name: str, steps: int, lay: dict) -> dict:
     end = int(0.6 * steps)
     cubic = jp.polynomial(begin=0, end=end, frequency=50)
     hidden = r"Dense_[01]/kernel" if ds_name == "digits" else r"Conv_\d/kernel"
@@ -121,7 +121,7 @@ def variants(ds_name: str, steps: int) -> dict:
     v = {f"{int(s * 100)}_uniform": jp.magnitude(s, schedule=cubic) for s in (0.5, 0.75, 0.9, 0.95)}
     v["90_global"] = jp.magnitude(0.9, schedule=cubic, scope="global", normalize=True)
     v["2:4"] = jp.magnitude(nm=(2, 4), schedule=jp.one_shot(0), where=nm_where)
-    v["50_structured"] = jp.magnitude(0.5, schedule=cubic, structured=1, where=hidden)
+    v["50_structured"] = jp.magnitude(0.5, schedule=cubic, structured=1, where=hidden, layout=lay)  # conv: needs axes
     return v
 
 
@@ -138,7 +138,8 @@ def accuracy(datasets, seeds, steps_override: int | None) -> dict:
             dense = baselines.train_dense(ds_name, MODEL[ds_name], seed=seed)
             rows.setdefault("dense", []).append(100 * dense["accuracy"])
             m = models.create(MODEL[ds_name], ds.input_shape, ds.num_classes, rng=seed)
-            for name, t in variants(ds_name, steps).items():
+            lay = layout.trace(m.apply_fn, ds.x_test[:1], params=m.params)
+            for name, t in variants(ds_name, steps, lay).items():
                 opt = optax.adam(1e-3)
                 state, _ = train.fit(m.apply_fn, jax.tree.map(jnp.copy, dense["params"]), opt, ds.x_train,
                                      ds.y_train, steps=steps, batch_size=proto.batch_size, seed=seed, transform=t)

@@ -6,7 +6,8 @@ at random for SET (Mocanu et al. 2018), by largest gradient magnitude for RigL (
 al. 2020). The drop fraction decays with a cosine. Counts are exact, so the sparsity of
 every leaf stays constant. Grown weights start at zero and ``reset_opt_state`` zeroes
 their optimizer moments (every opt-state subtree shaped like the params). RigL's
-forward pass uses a straight-through mask so ``Context.grads`` is dense.
+forward pass uses a straight-through mask so ``Context.grads`` is dense. Given ``layout=``
+(:func:`jaxcompress.layout.trace`), the default selection is the layout's weight paths.
 
 >>> import jax.numpy as jnp
 >>> params = {"Dense_0": {"kernel": jnp.ones((4, 4)), "bias": jnp.zeros(4)}}
@@ -14,6 +15,11 @@ forward pass uses a straight-through mask so ``Context.grads`` is dense.
 >>> state = t.init(params)
 >>> int(state.masks["Dense_0"]["kernel"].sum()), state.masks["Dense_0"]["bias"] is None
 (4, True)
+>>> from jaxcompress.layout import WeightLayout
+>>> params["Dense_1"] = {"kernel": jnp.ones((4, 4))}              # not a weight operand of the model
+>>> lay = {"Dense_0/kernel": WeightLayout((0,), (1,), 0, "dot_general")}
+>>> rigl(sparsity=0.5, layout=lay).init(params).masks["Dense_1"]["kernel"] is None
+True
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxcompress import layout as jlayout
 from jaxcompress import tree
 from jaxcompress.pruning import distributions
 from jaxcompress.pruning import masks as M
@@ -49,13 +56,13 @@ def _check_opts(every, drop_fraction, end):
         raise ValueError(f"end must be a positive integer or None, got {end!r}")
 
 
-def _dst(grow: str, sparsity, every, drop_fraction, end, where, distribution, seed) -> Transform:
+def _dst(grow: str, sparsity, every, drop_fraction, end, where, distribution, seed, layout) -> Transform:
     SEL.check_sparsity(sparsity)
     _check_opts(every, drop_fraction, end)
     decay = cosine_decay(drop_fraction, end or 10**9)
 
     def init(params):
-        sel = tree.select(params, where)
+        sel = M.select_leaves(params, where, layout)
         shapes = {p: tuple(x.shape) for (p, x), (_, s) in zip(tree.named_leaves(params), tree.named_leaves(sel)) if s}
         targets = distributions.distribute(shapes, sparsity, distribution)
         key = jax.random.key(seed)
@@ -136,7 +143,8 @@ def reset_grown(opt_state, old: DSTState, new: DSTState):
 
 
 def rigl(sparsity=0.9, every: int = 100, drop_fraction: float = 0.3, end: int | None = None,
-         where: tree.Selector = None, distribution="erk", seed: int = 0) -> Transform:
+         where: tree.Selector = None, distribution="erk", seed: int = 0,
+         layout: jlayout.Layout | None = None) -> Transform:
     """RigL: drop smallest ``|w|``, grow largest ``|g|`` every ``every`` steps until ``end``.
 
     Args:
@@ -144,14 +152,16 @@ def rigl(sparsity=0.9, every: int = 100, drop_fraction: float = 0.3, end: int | 
       every: update interval ``delta_T``.
       drop_fraction: initial fraction of active weights replaced (cosine-decayed to 0 at ``end``).
       end: last update step (default: never stop, no decay).
-      where: selector (default kernels); unselected leaves (bias) are dense.
+      where: selector (default kernels; with ``layout``, its weight paths); unselected leaves (bias) are dense.
       distribution: ``"erk"`` (the paper), ``"uniform"``, ``"first_last_dense"`` or a dict.
       seed: PRNG seed of the random initial masks.
+      layout: ``{path: WeightLayout}`` from :func:`jaxcompress.layout.trace` (checked at ``init``).
     """
-    return _dst("gradient", sparsity, every, drop_fraction, end, where, distribution, seed)
+    return _dst("gradient", sparsity, every, drop_fraction, end, where, distribution, seed, layout)
 
 
 def set_(sparsity=0.9, every: int = 100, drop_fraction: float = 0.3, end: int | None = None,
-         where: tree.Selector = None, distribution="erk", seed: int = 0) -> Transform:
+         where: tree.Selector = None, distribution="erk", seed: int = 0,
+         layout: jlayout.Layout | None = None) -> Transform:
     """SET: drop smallest ``|w|``, grow at random; arguments as :func:`rigl`."""
-    return _dst("random", sparsity, every, drop_fraction, end, where, distribution, seed)
+    return _dst("random", sparsity, every, drop_fraction, end, where, distribution, seed, layout)

@@ -5,7 +5,8 @@ prune a fraction of the remaining weights by magnitude, reset the survivors to t
 values at step ``k`` and train again, for several rounds. The training itself is the
 caller's: ``train_fn(params, masks, start, stop) -> params`` trains steps
 ``[start, stop)`` keeping masked weights at zero (e.g. ``fit`` with
-``transform=fixed(masks)``), so any pipeline can call :func:`imp`.
+``transform=fixed(masks)``), so any pipeline can call :func:`imp`. Given ``layout=``
+(:func:`jaxcompress.layout.trace`), only the layout's weight paths are pruned by default.
 
 >>> import jax.numpy as jnp
 >>> def train_fn(params, masks, start, stop):  # a stand-in "training": scale the weights
@@ -13,6 +14,10 @@ caller's: ``train_fn(params, masks, start, stop) -> params`` trains steps
 >>> r = imp({"kernel": jnp.arange(1.0, 11.0).reshape(2, 5)}, train_fn, steps=10, rounds=2, fraction=0.5)
 >>> r.sparsities
 [0.5, 0.8]
+>>> from jaxcompress.layout import WeightLayout
+>>> lay = {"kernel": WeightLayout((0,), (1,), 0, "dot_general")}
+>>> imp({"kernel": jnp.arange(1.0, 11.0).reshape(2, 5)}, train_fn, steps=10, rounds=1, layout=lay).sparsities
+[0.2]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxcompress import layout as jlayout
 from jaxcompress import tree
 from jaxcompress.pruning import masks as M
 from jaxcompress.pruning import select as SEL
@@ -36,7 +42,8 @@ class IMPResult(NamedTuple):
 
 
 def imp(params, train_fn: Callable, *, steps: int, rounds: int, fraction: float = 0.2, rewind_step: int = 0,
-        where: tree.Selector = None, scope: str = "layer", keep_history: bool = False) -> IMPResult:
+        where: tree.Selector = None, scope: str = "layer", keep_history: bool = False,
+        layout: jlayout.Layout | None = None) -> IMPResult:
     """Iterative magnitude pruning with rewinding.
 
     Args:
@@ -47,9 +54,10 @@ def imp(params, train_fn: Callable, *, steps: int, rounds: int, fraction: float 
       fraction: fraction of the *remaining* weights pruned per round (sparsity after
         round ``r`` is ``1 - (1 - fraction) ** r``, rounded to whole weights).
       rewind_step: ``k``; 0 rewinds to initialisation (the original lottery ticket).
-      where: selector of the pruned leaves (default: kernels).
+      where: selector of the pruned leaves (default: kernels; with ``layout``, its weight paths).
       scope: ``"layer"`` (same sparsity per leaf) or ``"global"`` magnitude ranking.
       keep_history: keep masks and params of every round.
+      layout: ``{path: WeightLayout}`` from :func:`jaxcompress.layout.trace` (checked against ``params``).
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
@@ -59,7 +67,7 @@ def imp(params, train_fn: Callable, *, steps: int, rounds: int, fraction: float 
         raise ValueError(f"need integers 0 <= rewind_step < steps, got rewind_step={rewind_step!r}, steps={steps!r}")
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
-    masks = M.ones_like(params, where)
+    masks = M.ones_like(params, where, layout)
     rewind = train_fn(params, masks, 0, rewind_step) if rewind_step > 0 else params
     trained = train_fn(rewind, masks, rewind_step, steps)
     history = [(0.0, masks, trained)] if keep_history else []

@@ -4,6 +4,10 @@ A mask tree has the structure of ``params`` where ``None`` marks a leaf that is 
 pruned (bias, norms ...) and is passed through unchanged. Works the same on a linen
 ``params`` dict and on an ``nnx.State``.
 
+Functions that pick leaves (:func:`ones_like`, :func:`params_sparsity` and every pruning
+transform, through :func:`select_leaves`) take ``layout=`` (:func:`jaxcompress.layout.trace`):
+with it, ``where=None`` means the layout's weight paths.
+
 >>> import jax.numpy as jnp
 >>> params = {"Dense_0": {"kernel": jnp.array([[1.0, -2.0]]), "bias": jnp.ones(2)}}
 >>> masks = {"Dense_0": {"kernel": jnp.array([[False, True]]), "bias": None}}
@@ -11,6 +15,10 @@ pruned (bias, norms ...) and is passed through unchanged. Works the same on a li
 [[0.0, -2.0]]
 >>> sparsity(masks)
 0.5
+>>> from jaxcompress.layout import WeightLayout
+>>> lay = {"Dense_0/kernel": WeightLayout((0,), (1,), 0, "dot_general")}
+>>> ones_like(params, layout=lay)["Dense_0"]["bias"] is None
+True
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcompress import layout as jlayout
 from jaxcompress import tree
 
 Params = Any
@@ -50,9 +59,23 @@ def check_masks(params: Params, masks: Masks) -> None:
             raise ValueError(f"mask for parameter {path!r} has shape {np.shape(m)}, expected {np.shape(p)}")
 
 
-def ones_like(params: Params, where: tree.Selector = None) -> Masks:
-    """All-True masks on the leaves ``where`` selects, ``None`` elsewhere."""
-    sel = tree.select(params, where)
+def select_leaves(params: Params, where: tree.Selector = None, layout: jlayout.Layout | None = None) -> Params:
+    """:func:`jaxcompress.tree.select` with a layout: ``where=None`` selects the layout's weight paths.
+
+    Raises:
+      ValueError: naming a path of ``layout`` that ``params`` lacks (:func:`jaxcompress.layout.check`),
+        or when the selection is empty.
+    """
+    if layout is not None:
+        jlayout.check(layout, params)
+        if where is None:
+            where = jlayout.selector(layout)
+    return tree.select(params, where)
+
+
+def ones_like(params: Params, where: tree.Selector = None, layout: jlayout.Layout | None = None) -> Masks:
+    """All-True masks on the leaves ``where`` selects (default: kernels, or ``layout``'s paths), ``None`` elsewhere."""
+    sel = select_leaves(params, where, layout)
     return jax.tree.map(lambda p, s: jnp.ones(p.shape, bool) if s else None, params, sel)
 
 
@@ -87,9 +110,9 @@ def per_leaf_sparsity(masks: Masks) -> dict[str, float]:
     return {p: 1.0 - float(np.asarray(m).mean()) for p, m in named_masks(masks)}
 
 
-def params_sparsity(params: Params, where: tree.Selector = None) -> float:
-    """Fraction of exact zeros among the leaves ``where`` selects."""
-    sel = tree.select(params, where)
+def params_sparsity(params: Params, where: tree.Selector = None, layout: jlayout.Layout | None = None) -> float:
+    """Fraction of exact zeros among the leaves ``where`` selects (default: kernels, or ``layout``'s paths)."""
+    sel = select_leaves(params, where, layout)
     leaves = [p for (_, p), (_, s) in zip(tree.named_leaves(params), tree.named_leaves(sel)) if s]
     total = sum(int(p.size) for p in leaves)
     return sum(int((np.asarray(p) == 0).sum()) for p in leaves) / max(total, 1)

@@ -2,8 +2,12 @@
 
 * :func:`topk_mask` - one array, keep the ``1 - sparsity`` largest scores (exact count);
 * :func:`global_masks` - one threshold over all selected leaves together;
-* :func:`nm_mask` - keep the ``n`` largest of every ``m`` consecutive entries along an axis;
-* :func:`unit_mask` - keep whole output units (Dense columns, conv filters) by norm.
+* :func:`nm_mask` - keep the ``n`` largest of every ``m`` consecutive entries along an (input) axis;
+* :func:`unit_mask` - keep whole output positions (Dense columns, conv filters, DenseGeneral
+  ``(head, head_dim)`` positions) by their norm over the input axes.
+
+Which axes are inputs comes from a :class:`~jaxcompress.layout.WeightLayout` (``group_axis``,
+``inputs``); without one only a 2-D ``(in, out)`` kernel has a default, ``ndim >= 3`` raises.
 
 All accept traced sparsities (one compilation for a sweep) and break ties towards the
 lowest flat index, so the kept count is exactly ``size - round(sparsity * size)``.
@@ -13,6 +17,8 @@ lowest flat index, so the kept count is exactly ``size - round(sparsity * size)`
 [False, True, True, False]
 >>> nm_mask(jnp.array([[4.0, 1.0, 3.0, 2.0]]), 2, 4, axis=-1).tolist()
 [[True, False, True, False]]
+>>> unit_mask(jnp.array([[[1.0, 5.0]], [[1.0, 5.0]]]), 0.5, inputs=(0,))[0].tolist()  # (in, heads, head_dim)
+[[False, True]]
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxcompress import layout as jlayout
 from jaxcompress.pruning.threshold import check_no_nan, topk_masks, topk_masks_each
 
 
@@ -85,26 +92,37 @@ def global_masks(scores: Sequence[jax.Array], sparsity) -> list[jax.Array]:
     return topk_masks(list(scores), keep_count(total, sparsity))
 
 
-def nm_mask(scores: jax.Array, n: int, m: int, axis: int = -2) -> jax.Array:
+def check_nm(n, m) -> None:
+    """Raise ``ValueError`` unless ``n``, ``m`` are integers with ``1 <= n < m``."""
+    if not (isinstance(n, int) and isinstance(m, int)) or isinstance(n, bool) or not 1 <= n < m:
+        raise ValueError(f"N:M sparsity needs integers 1 <= n < m, got n={n!r}, m={m!r}")
+
+
+def nm_mask(scores: jax.Array, n: int, m: int, axis: int | None = None) -> jax.Array:
     """N:M mask: in every group of ``m`` consecutive entries along ``axis`` keep ``n``.
 
-    Groups run along ``axis``; the default ``-2`` is the input dimension of a flax Dense
-    kernel ``(in, out)`` and the input channels of a conv kernel ``(*window, in, out)``,
-    the grouping sparse tensor cores use. Ties keep the lower index.
+    Groups run along an input axis, the grouping sparse tensor cores use: a layout's
+    ``group_axis`` (conv: the input channels; DenseGeneral / attention: the innermost
+    contracted axis). Ties keep the lower index.
 
     Args:
       scores: float array.
       n: entries kept per group, ``1 <= n < m``.
       m: group size; ``scores.shape[axis]`` must be divisible by it.
-      axis: the grouping axis.
+      axis: the grouping axis; default ``0``, the input axis of a 2-D ``(in, out)`` kernel
+        (``ndim >= 3`` needs it given).
 
     Raises:
-      ValueError: bad ``n``/``m``, an axis out of range or not divisible by ``m``.
+      ValueError: bad ``n``/``m``, an axis out of range or not divisible by ``m``, no axis for
+        ``ndim >= 3``.
     """
-    if not (isinstance(n, int) and isinstance(m, int)) or not 1 <= n < m:
-        raise ValueError(f"N:M sparsity needs integers 1 <= n < m, got n={n!r}, m={m!r}")
+    check_nm(n, m)
     scores = jnp.asarray(scores)
     check_no_nan([scores])
+    if axis is None:
+        if scores.ndim >= 3:
+            raise ValueError(f"N:M on scores of shape {scores.shape} needs an explicit axis (ndim >= 3 is ambiguous)")
+        axis = 0
     if not -scores.ndim <= axis < scores.ndim:
         raise ValueError(f"axis {axis} out of range for scores of shape {scores.shape}")
     length = scores.shape[axis]
@@ -121,19 +139,28 @@ def nm_mask(scores: jax.Array, n: int, m: int, axis: int = -2) -> jax.Array:
     return jnp.moveaxis(keep, -1, axis)
 
 
-def unit_mask(w: jax.Array, sparsity, ord: int = 1) -> jax.Array:
-    """Structured mask removing ``round(sparsity * units)`` output units of lowest norm.
+def unit_mask(w: jax.Array, sparsity, ord: int = 1, inputs: tuple[int, ...] | None = None) -> jax.Array:
+    """Structured mask removing ``round(sparsity * units)`` output positions of lowest norm.
 
     Args:
-      w: kernel ``(in, out)`` or ``(*window, in, out)``; units are along the last axis.
+      w: a kernel; its units are the positions of its output axes (all axes not in ``inputs``).
       sparsity: fraction of units to remove, ``[0, 1)`` (traced ok).
-      ord: 1 or 2, the norm scoring a unit.
+      ord: 1 or 2, the norm (over the input axes) scoring a unit.
+      inputs: the contracted axes (a layout's ``inputs``); default: 2-D ``(in, out)``, i.e. ``(0,)``.
 
     Returns:
-      Bool mask of ``w.shape`` with whole columns / filters True or False.
+      Bool mask of ``w.shape``, constant along the input axes.
     """
     from jaxcompress.pruning.scores import unit_norms
 
     check_sparsity(sparsity)
-    keep = topk_mask(unit_norms(w, ord), sparsity)
-    return jnp.broadcast_to(keep, w.shape)
+    if inputs is None:
+        inputs = jlayout.axes_of("kernel", w.shape, None).inputs
+    keep = topk_mask(unit_norms(w, ord, inputs), sparsity)
+    return broadcast_units(keep, w.shape, inputs)
+
+
+def broadcast_units(keep: jax.Array, shape: tuple[int, ...], inputs: tuple[int, ...]) -> jax.Array:
+    """A per-unit mask (shaped like the output axes) broadcast along the input axes to ``shape``."""
+    axes = tuple(sorted(a % len(shape) for a in inputs))
+    return jnp.broadcast_to(jnp.expand_dims(keep, axes), shape)

@@ -13,6 +13,24 @@ differ only in them reuse one compilation.
 >>> state = t.init(params)
 >>> t.apply(params, state)["Dense_0"]["kernel"].tolist()
 [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 7.0, 8.0]]
+
+With ``layout=`` (:func:`jaxcompress.layout.trace`) the default selection is the model's
+weight operands and every leaf's axes come from how the model uses it: 2:4 on a
+``DenseGeneral`` kernel ``(in, heads, head_dim)`` groups along ``in``, structured pruning
+removes ``(head, head_dim)`` output positions (and their bias entries).
+
+>>> import jax, flax.linen as nn
+>>> from jaxcompress import layout
+>>> from jaxcompress.model import from_linen
+>>> mod = nn.DenseGeneral((2, 4))
+>>> m = from_linen(mod, mod.init(jax.random.key(0), jnp.zeros((1, 8))))
+>>> lay = layout.trace(m, jnp.zeros((1, 8)))
+>>> st = magnitude(nm=(2, 4), layout=lay).init(m.params)
+>>> st.masks["kernel"].reshape(2, 4, 2, 4).sum(1).min().item(), st.masks["bias"] is None
+(2, True)
+>>> st = magnitude(0.5, structured=2, layout=lay).init(m.params)
+>>> st.masks["bias"].sum().item(), bool((st.masks["kernel"] == st.masks["bias"][None]).all())
+(4, True)
 """
 
 from __future__ import annotations
@@ -22,6 +40,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxcompress import layout as jlayout
 from jaxcompress import tree
 from jaxcompress.pruning import distributions
 from jaxcompress.pruning import masks as M
@@ -57,6 +76,20 @@ def _masks_from_dict(params, d):
     return tree.map_with_path(lambda p, x: d.get(p), params)
 
 
+def _nm_axis(path: str, shape: tuple, axis: int | None, layout) -> int:
+    """The (non-negative) axis N:M groups of leaf ``path`` run along; a ``ValueError`` naming it if none fits."""
+    if axis is None:
+        return jlayout.axes_of(path, shape, layout).group_axis
+    nd = len(shape)
+    if not -nd <= axis < nd:
+        raise ValueError(f"N:M axis {axis} is out of range for parameter {path!r} of shape {shape}")
+    if layout is not None and path in layout and axis % nd in layout[path].outputs:
+        wl = layout[path]
+        raise ValueError(f"N:M axis {axis} is an output axis of {path!r} (shape {shape}; inputs {wl.inputs}, "
+                         f"outputs {wl.outputs}): N:M groups run along an input axis, e.g. {wl.group_axis}")
+    return axis % nd
+
+
 def _leaf_scores(score, params, masks, grads, acc, rng):
     """``{path: score}`` for masked leaves; pruned entries get -inf (pruned stay pruned)."""
     named = dict(M.named_masks(masks))
@@ -78,7 +111,7 @@ def _leaf_scores(score, params, masks, grads, acc, rng):
 def prune(score: str = "magnitude", sparsity=0.5, schedule: Schedule | None = None, where: tree.Selector = None,
           distribution="uniform", overrides: dict | None = None, scope: str = "layer",
           nm: tuple | None = None, structured: int | None = None, ste: bool = False, seed: int = 0,
-          normalize: bool = False) -> Transform:
+          normalize: bool = False, layout: jlayout.Layout | None = None) -> Transform:
     """Build a pruning transform.
 
     Args:
@@ -86,22 +119,32 @@ def prune(score: str = "magnitude", sparsity=0.5, schedule: Schedule | None = No
         (accumulated ``-w * g``).
       sparsity: total target in ``[0, 1)`` (stored as a traced array in the state).
       schedule: when to re-mask (default: :func:`one_shot` at step 0, i.e. at ``init``).
-      where: selector of the pruned leaves (default: kernels).
+      where: selector of the pruned leaves (default: kernels; with ``layout``, its weight paths).
       distribution: ``"uniform"``, ``"erk"``, ``"first_last_dense"`` or ``{regex: sparsity}``.
       overrides: ``{regex: sparsity}`` applied on top of the distribution.
       scope: ``"layer"`` (a cut per leaf) or ``"global"`` (one cut over all leaves).
-      nm: ``(n, m)`` or ``(n, m, axis)`` for N:M masks along ``axis`` (default ``-2``, the
-        input dimension); the sparsity is then ``1 - n/m``, applied when the schedule is due.
-      structured: 1 or 2 - remove whole output units / filters by their L1 or L2 norm;
-        the sibling ``bias`` of a pruned kernel is masked with it.
+      nm: ``(n, m)`` for N:M masks along each leaf's input axis (the layout's ``group_axis``;
+        without a layout axis 0 of a 2-D ``(in, out)`` kernel), or ``(n, m, axis)`` with an
+        explicit axis (with a layout it must not be one of the leaf's output axes); the sparsity
+        is then ``1 - n/m``, applied when the schedule is due.
+      structured: 1 or 2 - remove whole output positions (over all output axes: Dense columns,
+        conv filters, DenseGeneral ``(head, head_dim)`` positions) by their L1 or L2 norm over
+        the input axes; a sibling ``bias`` shaped like the outputs is masked with its unit.
       ste: recompute the mask in every forward pass from the dense weights, with a
         straight-through gradient (weights are not zeroed in storage).
       seed: PRNG seed for ``score="random"`` at ``init``.
       normalize: with ``scope="global"``, divide each leaf's scores by their L2 norm
         first (as jaxpruner's global pruning does), so no layer is wiped out wholesale.
+      layout: ``{path: WeightLayout}`` from :func:`jaxcompress.layout.trace`: the default
+        selection and the input / output axes of every leaf (checked against the params at
+        ``init``). Without it, N:M and structured pruning of an ``ndim >= 3`` kernel raise.
 
     Returns:
       A :class:`~jaxcompress.transform.Transform` with :class:`PruneState`.
+
+    Raises:
+      ValueError: bad arguments here; at ``init`` a layout path missing from the params, or a
+        leaf (named) whose axes N:M / structured pruning cannot use.
     """
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; valid: {list(SCORES)}")
@@ -112,8 +155,8 @@ def prune(score: str = "magnitude", sparsity=0.5, schedule: Schedule | None = No
         if len(nm) not in (2, 3):
             raise ValueError(f"nm must be (n, m) or (n, m, axis), got {nm!r}")
         n, m = nm[0], nm[1]
-        axis = nm[2] if len(nm) == 3 else -2
-        SEL.nm_mask(jnp.zeros((m, m)), n, m, -1)  # validates n, m
+        nm_axis = nm[2] if len(nm) == 3 else None
+        SEL.check_nm(n, m)
     if structured is not None and structured not in (1, 2):
         raise ValueError(f"structured must be 1 or 2 (the norm), got {structured!r}")
     if sum(x is not None for x in (nm, structured)) + (scope == "global") > 1:
@@ -127,19 +170,20 @@ def prune(score: str = "magnitude", sparsity=0.5, schedule: Schedule | None = No
         sc = _leaf_scores(score, params, st.masks, grads, acc, rng) if structured is None else None
         if nm is not None:
             on = schedule.sparsity(st.sched, step, st.sparsity) > 0
-            new = {p: SEL.nm_mask(v, n, m, axis) | ~on for p, v in sc.items()}
+            new = {p: SEL.nm_mask(v, n, m, _nm_axis(p, v.shape, nm_axis, layout)) | ~on for p, v in sc.items()}
         elif structured is not None:
             pv = dict(tree.named_leaves(params))
             mv = dict(M.named_masks(st.masks))
             names = list(st.targets)
-            unit_sc = [jnp.where(jnp.any(mv[p], axis=tuple(range(pv[p].ndim - 1))),
-                                 S.unit_norms(pv[p], structured), -jnp.inf) for p in names]
+            ins = {p: jlayout.axes_of(p, pv[p].shape, layout).inputs for p in names}
+            unit_sc = [jnp.where(jnp.any(mv[p], axis=ins[p]), S.unit_norms(pv[p], structured, ins[p]), -jnp.inf)
+                       for p in names]
             keeps = SEL.layerwise_masks(unit_sc, [s_t[p] for p in names])
             new = {}
             for p, keep in zip(names, keeps):
-                new[p] = jnp.broadcast_to(keep, pv[p].shape)
+                new[p] = SEL.broadcast_units(keep, pv[p].shape, ins[p])
                 b = _bias_of(p)
-                if b in pv and pv[b].shape == keep.shape:
+                if b in mv and b not in st.targets:
                     new[b] = keep
         elif scope == "global":
             vals = list(sc.values())
@@ -153,32 +197,31 @@ def prune(score: str = "magnitude", sparsity=0.5, schedule: Schedule | None = No
         return _masks_from_dict(params, new)
 
     def init(params):
-        sel = tree.select(params, where)
+        sel = M.select_leaves(params, where, layout)
         shapes = {p: tuple(x.shape) for (p, x), (_, s) in zip(tree.named_leaves(params), tree.named_leaves(sel)) if s}
+        named = {p: jnp.ones(s, bool) for p, s in shapes.items()}
         if nm is not None:
             for p, shp in shapes.items():
-                try:
-                    SEL.nm_mask(jnp.zeros(shp), n, m, axis)
-                except ValueError as e:
-                    raise ValueError(f"parameter {p!r}: {e}") from None
-        if structured is not None:
-            for p, shp in shapes.items():
-                if len(shp) < 2:
-                    raise ValueError(f"structured pruning needs kernels (ndim >= 2); {p!r} has shape {shp}")
-        targets = distributions.distribute(shapes, sparsity, distribution, overrides)
-        named = {p: jnp.ones(s, bool) for p, s in shapes.items()}
+                ax = _nm_axis(p, shp, nm_axis, layout)
+                if shp[ax] % m:
+                    raise ValueError(f"parameter {p!r}: N:M with m={m} needs axis {ax} of shape {shp} "
+                                     f"divisible by {m} (got {shp[ax]})")
         if structured is not None:  # the bias of a pruned unit goes with it
             pv = dict(tree.named_leaves(params))
-            for p, s in shapes.items():
+            for p, shp in shapes.items():
+                outs = tuple(shp[a] for a in jlayout.axes_of(p, shp, layout).outputs)
                 b = _bias_of(p)
-                if b in pv and pv[b].shape == s[-1:]:
-                    named[b] = jnp.ones(s[-1:], bool)
+                if b in pv and b not in shapes and tuple(pv[b].shape) == outs:
+                    named[b] = jnp.ones(outs, bool)
+        targets = distributions.distribute(shapes, sparsity, distribution, overrides)
         masks = _masks_from_dict(params, named)
         acc = M.mask_map(lambda mk, x: None if mk is None else jnp.zeros(x.shape, jnp.float32), masks, params) \
             if score == "movement" else None
         sched = {k: jnp.array(v, copy=True) for k, v in schedule.params.items()}  # states are donated
         st = PruneState(masks, jnp.float32(sparsity), targets, sched, jnp.int32(0), jnp.int32(0), acc)
-        if not ste and score in ("magnitude", "random") and bool(schedule.due(st.sched, jnp.int32(0))):
+        with jax.ensure_compile_time_eval():  # the schedule's numbers are constants: init works under jit too
+            due0 = bool(schedule.due(schedule.params, jnp.int32(0)))
+        if not ste and score in ("magnitude", "random") and due0:
             new = compute(params, st, jnp.int32(0), None, jax.random.key(seed), acc)
             st = st._replace(masks=new, count=jnp.int32(1))
         return st
@@ -239,9 +282,10 @@ def fixed(masks) -> Transform:
     return Transform(init, lambda p, mk: M.apply_masks(p, mk), lambda p, mk, ctx: (M.apply_masks(p, mk), mk))
 
 
-def snip(params, grads, sparsity, where: tree.Selector = None, scope: str = "global"):
-    """SNIP masks (Lee et al. 2019) from the gradients of one batch at initialisation."""
-    sc = S.saliency(params, grads, where)
+def snip(params, grads, sparsity, where: tree.Selector = None, scope: str = "global",
+         layout: jlayout.Layout | None = None):
+    """SNIP masks (Lee et al. 2019) from the gradients of one batch at initialisation (selection as :func:`prune`)."""
+    sc = S.saliency(params, grads, where, layout)
     names = [p for p, _ in M.named_masks(sc)]
     vals = [v for _, v in M.named_masks(sc)]
     cut = SEL.global_masks(vals, sparsity) if scope == "global" else [SEL.topk_mask(v, sparsity) for v in vals]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxcompress.pruning as jp
-from jaxcompress import models
+from jaxcompress import layout, models
 from jaxcompress.pruning.surgery import flops
 
 
@@ -19,9 +19,10 @@ def test_surgery_matches_masked_model(name, shape, kw, where):
     m = models.create(name, shape, 10, **kw)
     # perturb biases so that dead units with live biases would be caught
     params = jax.tree.map(lambda x: x + 0.1 if x.ndim == 1 else x, m.params)
-    t = jp.magnitude(0.5, structured=1, where=where)
-    st = t.init(params)
     x = jax.random.normal(jax.random.key(1), (8, *shape))
+    lay = layout.trace(m.apply_fn, x[:1], params=params)  # conv kernels (*window, in, out) need it
+    t = jp.magnitude(0.5, structured=1, where=where, layout=lay)
+    st = t.init(params)
     masked_out = m.apply_fn(t.apply(params, st), x)
     small, sp, info = jp.shrink(m.module, params, st.masks)
     small_out = small.apply({"params": sp}, x)

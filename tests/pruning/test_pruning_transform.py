@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import jaxcompress.pruning as jp
-from jaxcompress import models, train, tree
+from jaxcompress import layout, models, train, tree
 
 X = jax.random.normal(jax.random.key(0), (32, 64))
 Y = jnp.arange(32, dtype=jnp.int32) % 10
@@ -95,7 +95,10 @@ def test_nm_transform_and_error_names_path():
     for p, w in kernels(state.params).items():
         assert ((w.reshape(-1, 4, w.shape[-1]) != 0).sum(1) <= 2).all(), p
     cnn = models.create("cnn1d", (40,), 10)
+    lay = layout.trace(cnn.apply_fn, jnp.zeros((1, 40)), params=cnn.params)
     with pytest.raises(ValueError, match="Conv_0/kernel.*divisible by 4"):
+        jp.magnitude(nm=(2, 4), layout=lay).init(cnn.params)
+    with pytest.raises(ValueError, match="Conv_0/kernel.*ambiguous"):
         jp.magnitude(nm=(2, 4)).init(cnn.params)
     with pytest.raises(ValueError, match="1 <= n < m"):
         jp.magnitude(nm=(4, 4))

@@ -48,8 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcompress import tree
+from jaxcompress import train, tree
 from jaxcompress.distillation.feature_losses import cosine_loss
+from jaxcompress.model import Model
 from jaxcompress.models import bert
 from jaxcompress.pruning import wanda
 from jaxcompress.pruning.select import check_sparsity
@@ -350,36 +351,53 @@ def distill_student(module, params, ids: np.ndarray, mask: np.ndarray, teacher_e
 
     Loss: ``1 - cos(student, teacher)`` (= MSE / 2 on unit vectors), AdamW with warm-up and
     cosine decay; embeddings stay frozen. Batches are drawn with replacement from the
-    tokenized ``(ids, mask)`` with a fixed-seed numpy generator.
+    tokenized ``(ids, mask)`` with a fixed-seed numpy generator. The step is the shared
+    :func:`jaxcompress.train.make_train_step` on :func:`student_model` (the ``layer_*`` blocks
+    are its params, the frozen embeddings its state), batch ``((ids, mask), teacher_embeddings)``.
     """
     if steps <= 0 or batch_size <= 0:
         raise ValueError(f"steps and batch_size must be positive, got {steps}, {batch_size}")
     if len(ids) != len(teacher_embeddings):
         raise ValueError(f"{len(ids)} token rows but {len(teacher_embeddings)} teacher embeddings")
-    frozen = {k: v for k, v in params.items() if not k.startswith("layer_")}
-    train = {k: v for k, v in params.items() if k.startswith("layer_")}
+    model = student_model(module, params)
     opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 10), steps), weight_decay=0.0)
-    opt_state = opt.init(train)
-
-    def loss_fn(tp, bi, bm, te):
-        return cosine_loss(module.apply({"params": {**frozen, **tp}}, bi, bm), te)
-
-    @jax.jit
-    def step(tp, os_, bi, bm, te):
-        loss, g = jax.value_and_grad(loss_fn)(tp, bi, bm, te)
-        with jax.numpy_dtype_promotion("standard"):  # optax's Adam: float ** int32 (see train.apply_gradients)
-            upd, os_ = opt.update(g, os_, tp)
-        return optax.apply_updates(tp, upd), os_, loss
-
+    state = train.create_train_state(model, opt, seed=seed)
+    step = train.make_train_step(model, opt, loss_fn=cosine_loss)
     rng = np.random.default_rng(seed)
     teacher_embeddings = np.asarray(teacher_embeddings, np.float32)
     t0 = time.time()
     for s in range(steps):
         idx = rng.integers(0, len(ids), batch_size)
-        train, opt_state, loss = step(train, opt_state, ids[idx], mask[idx], teacher_embeddings[idx])
+        state, metrics = step(state, ((ids[idx], mask[idx]), teacher_embeddings[idx]))
         if log and (s % max(1, steps // 10) == 0 or s == steps - 1):
-            log(f"  distill step {s} loss {float(loss):.4f} ({time.time() - t0:.0f}s)")
-    return {**frozen, **train}
+            log(f"  distill step {s} loss {float(metrics['loss']):.4f} ({time.time() - t0:.0f}s)")
+    return {**model.state, **state.params}
+
+
+def student_model(module, params) -> Model:
+    """``module`` with ``params`` as a :class:`~jaxcompress.model.Model` that trains only the blocks.
+
+    Its params are the ``layer_*`` blocks, its state the frozen rest (embeddings, their
+    LayerNorm); inputs are ``(ids, mask)``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcompress.models import bert
+    >>> m = bert.BertEncoder(bert.BertConfig(vocab_size=20, hidden_size=8, num_layers=1, num_heads=2,
+    ...                                      intermediate_size=16, max_position=16))
+    >>> ids = jnp.ones((2, 8), jnp.int32)
+    >>> sm = student_model(m, m.init(jax.random.key(0), ids, ids)["params"])
+    >>> sorted(sm.params), sm.apply_fn(sm.params, (ids, ids)).shape
+    (['layer_0'], (2, 8))
+    """
+    trainable = {k: v for k, v in params.items() if k.startswith("layer_")}
+    frozen = {k: v for k, v in params.items() if not k.startswith("layer_")}
+
+    def forward(p, state, inputs, *, train: bool = False, rng=None):
+        del train, rng  # the encoder has no dropout and no statistics
+        ids, mask = inputs
+        return module.apply({"params": {**state, **p}}, ids, mask), state
+
+    return Model(forward, trainable, frozen, module)
 
 
 # ----------------------------------------------------------------------------- stored artifact
@@ -525,5 +543,5 @@ def artifact_bytes(params, linear_only: bool = False) -> int:
 
 __all__ = ["LINEARS", "INPUT_OF", "blocks", "calibration_batches", "block_statistics", "sequential",
            "calibrate_activation_scales", "quantize_w8a8", "int8_embedding", "quantize_embedding_rows",
-           "quantize_weights", "prune", "make_student", "distill_student", "pack_kernel", "unpack_kernel", "artifact",
+           "quantize_weights", "prune", "make_student", "distill_student", "student_model", "pack_kernel", "unpack_kernel", "artifact",
            "from_artifact", "artifact_bytes", "save_artifact", "load_artifact"]

@@ -64,7 +64,7 @@ def _dequantize(codes, scale, zp) -> np.ndarray:
 
 
 def compress(params: Any, bits: int = 4, where=None, codec: str = "lzma", float_dtype: str = "float32",
-             ) -> tuple[bytes, dict[str, np.ndarray]]:
+             layout: dict | None = None) -> tuple[bytes, dict[str, np.ndarray]]:
     """Encode ``params`` (linen dict or ``nnx.State``) as artifact bytes.
 
     Args:
@@ -73,6 +73,7 @@ def compress(params: Any, bits: int = 4, where=None, codec: str = "lzma", float_
       where: which leaves to quantize (a :func:`jaxcompress.tree.select` selector; default kernels).
       codec: ``"lzma"``, ``"zlib"`` or ``"none"``.
       float_dtype: storage of the other leaves, ``"float32"`` or ``"float16"``.
+      layout: the model's weight layout (:func:`jaxcompress.layout.trace`), for ``quantization.convert``.
 
     Returns:
       ``(blob, weights)``: the bytes, and ``{path: np.ndarray}`` of exactly the values they decode to.
@@ -88,7 +89,7 @@ def compress(params: Any, bits: int = 4, where=None, codec: str = "lzma", float_
     for path, leaf in jtree.named_leaves(params):
         if not np.all(np.isfinite(np.asarray(jax.device_get(leaf)))):
             raise ValueError(f"params leaf {path!r} has non-finite values; cannot export")
-    qtree = quantization.convert(params, quantization.QuantSpec(bits=int(bits)), where=where)
+    qtree = quantization.convert(params, quantization.QuantSpec(bits=int(bits)), where=where, layout=layout)
     is_q = lambda x: isinstance(x, quantization.QArray)
     header, chunks, out, offset = [], [], {}, 0
     for path, leaf in jtree.named_leaves(qtree, is_leaf=is_q):

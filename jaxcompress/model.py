@@ -99,7 +99,8 @@ class Model:
         return f"Model({kind}, state={list(self.state) if isinstance(self.state, dict) else type(self.state).__name__})"
 
 
-def _check_state(new_state, state, who: str):
+def check_state(new_state, state, who: str = "the model") -> None:
+    """Raise ``ValueError`` naming the collection(s) of ``state`` that ``new_state`` lacks (or any other mismatch)."""
     ta, tb = jax.tree.structure(state), jax.tree.structure(new_state)
     if ta != tb:
         old = set(state) if isinstance(state, dict) else set()
@@ -172,7 +173,7 @@ def from_linen(module: nn.Module, variables: dict, *, train_kwarg: str | None = 
             if train and mutable:
                 out, upd = call_inputs(lambda *a, **k: module.apply(v, *a, mutable=list(mutable), **k, **kw), inputs)
                 new = {**state, **upd}
-                _check_state(new, state, type(module).__name__)
+                check_state(new, state, type(module).__name__)
                 return out, new
             return call_inputs(lambda *a, **k: module.apply(v, *a, **k, **kw), inputs), state
         except flax.errors.InvalidRngError as e:
@@ -226,7 +227,7 @@ def from_nnx(module: nnx.Module, *, trainable=nnx.Param) -> Model:
         _, _, new = nnx.split(m, trainable, ...)
         # RNG keys and counters are not carried: each step brings its own key
         new = jax.tree.map(lambda n, o: o if _is_rng_state(o) else n, new, state, is_leaf=_is_rng_state)
-        _check_state(new, state, type(module).__name__)
+        check_state(new, state, type(module).__name__)
         return out, new
 
     return Model(forward, params, state, module)

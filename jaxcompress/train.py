@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcompress.model import Model, as_model
+from jaxcompress.model import Model, as_model, check_state
 from jaxcompress.transform import Context, Transform, identity
 
 # folded into the step's key for the model's own randomness (dropout), so the transform's
@@ -140,7 +140,10 @@ def apply_gradients(state: TrainState, grads, optimizer: optax.GradientTransform
     new_step = state.step + 1
     params, tstate = transform.update(params, state.tstate, Context(new_step, grads, sub))
     opt_state = transform.reset_opt_state(opt_state, state.tstate, tstate)
-    model_state = state.model_state if model_state is None else model_state
+    if model_state is None:
+        model_state = state.model_state
+    else:
+        check_state(model_state, state.model_state, "the train-mode forward pass")
     return TrainState(new_step, params, opt_state, tstate, rng, model_state)
 
 
@@ -165,7 +168,9 @@ def make_train_step(model: Model | Callable, optimizer: optax.GradientTransforma
     def step(state: TrainState, batch):
         (loss_value, (logits, model_state)), grads = jax.value_and_grad(loss, has_aux=True)(
             state.params, state.tstate, batch, state.model_state, model_rng(state.rng))
-        metrics = {"loss": loss_value, "accuracy": accuracy(logits, batch[1])}
+        metrics = {"loss": loss_value}
+        if jnp.issubdtype(jnp.result_type(batch[1]), jnp.integer):  # class labels; a regression target has none
+            metrics["accuracy"] = accuracy(logits, batch[1])
         return apply_gradients(state, grads, optimizer, transform, model_state), metrics
 
     if not jit:

@@ -72,7 +72,7 @@ def prepare(cfg, run_dir: str, force: bool = False, progress: bool | None = None
 
 def _load(ctx, name):
     if ctx.cfg[name].type == "evaluate":
-        return stages.Output(None, None, read_json(os.path.join(stages.stage_dir(ctx, name), "result.json")))
+        return stages.Output(None, read_json(os.path.join(stages.stage_dir(ctx, name), "result.json")))
     if ctx.cfg[name].type in TEXT:
         return text_stages.load_output(ctx, name)
     return stages.load_output(ctx, name)

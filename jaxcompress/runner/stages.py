@@ -3,9 +3,13 @@
 A training stage becomes a :class:`~jaxcompress.runner.train_loop.Job` (:func:`make_job`) and,
 once trained, is written by :func:`finish_training`; the others run directly (:func:`run_other`).
 Every stage writes ``<run>/stages/<name>/``: ``output/`` (orbax: the weights the model ships
-with), ``state/`` (orbax: params + transform state, training stages), ``result.json``
+with), ``model_state/`` (orbax, only for a model with state: its BatchNorm statistics ...),
+``state/`` (orbax: params + transform state + model state, training stages), ``result.json``
 (atomically, last) and for ``convert`` the artifact ``model.jxc``. A stage is done when its
 ``result.json`` exists with the same fingerprint (hash of its config and of its upstream stages).
+
+Every stage sees its model through the contract of :mod:`jaxcompress.model` (:func:`fresh_model`)
+and hands the transforms the layout traced from it once (:func:`stage_layout`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import jax
 import numpy as np
 
 from jaxcompress import export, models, tree
+from jaxcompress import layout as jlayout
+from jaxcompress.model import Model, from_linen, from_nnx
 from jaxcompress.runner import methods
 from jaxcompress.runner.checkpoint import atomic_write_json, load_tree, read_json, save_tree
 from jaxcompress.runner.config import ConfigError, to_plain
@@ -30,11 +36,15 @@ from jaxcompress.transform import identity
 
 
 class Output(NamedTuple):
-    """A finished stage as later stages see it."""
+    """A finished stage as later stages see it: ``model.params`` are the shipped float weights,
+    ``model.state`` the model state they run with."""
 
-    apply_fn: Any
-    params: Any  # the shipped float weights
+    model: Model | None
     result: dict
+
+    @property
+    def params(self) -> Any:
+        return None if self.model is None else self.model.params
 
 
 class Context(NamedTuple):
@@ -77,9 +87,9 @@ def _arch(cfg, name: str) -> tuple[str, dict]:
 
 
 @functools.lru_cache(maxsize=64)
-def _create(model: str, kw: tuple, input_shape: tuple, num_classes: int, seed: int) -> models.Model:
+def _create(model: str, kw: tuple, input_shape: tuple, num_classes: int, seed: int) -> Model:
     if model == "nnx_mlp":  # an NNX module would capture tracers; build it eagerly
-        return models.create(model, input_shape, num_classes, rng=seed, **dict(kw))
+        return from_nnx(models.create(model, input_shape, num_classes, rng=seed, **dict(kw)).module)
     held = {}
 
     def init():  # linen init as one compiled program instead of op by op
@@ -87,11 +97,22 @@ def _create(model: str, kw: tuple, input_shape: tuple, num_classes: int, seed: i
         return held["m"].params
 
     params = jax.jit(init)()
-    return held["m"]._replace(params=params)
+    return from_linen(held["m"].module, {"params": params})
 
 
-def fresh_model(ctx: Context, name: str, seed: int | None = None) -> models.Model:
-    """The freshly initialised model of stage ``name`` (cached: same apply_fn object, no re-init)."""
+_LAYOUTS: dict = {}
+
+
+def stage_layout(ctx: Context, name: str) -> dict:
+    """The weight layout of stage ``name``'s model (``layout.trace`` once per model)."""
+    m = fresh_model(ctx, name)
+    if m.forward not in _LAYOUTS:
+        _LAYOUTS[m.forward] = jlayout.trace(m, jax.ShapeDtypeStruct((1, *ctx.ds.input_shape), np.float32))
+    return _LAYOUTS[m.forward]
+
+
+def fresh_model(ctx: Context, name: str, seed: int | None = None) -> Model:
+    """The freshly initialised model of stage ``name`` (cached: same forward object, no re-init)."""
     model, kw = _arch(ctx.cfg, name)
     seed = ctx.cfg.seed if seed is None else seed
     try:
@@ -110,9 +131,10 @@ def require_done(ctx: Context, name: str) -> None:
 def load_output(ctx: Context, name: str) -> Output:
     """The output of an earlier stage; a ConfigError when it has not been produced."""
     require_done(ctx, name)
-    m = fresh_model(ctx, name)
-    params = load_tree(os.path.join(stage_dir(ctx, name), "output"), m.params)
-    return Output(m.apply_fn, params, read_json(os.path.join(stage_dir(ctx, name), "result.json")))
+    m, d = fresh_model(ctx, name), stage_dir(ctx, name)
+    params = load_tree(os.path.join(d, "output"), m.params)
+    ms = load_tree(os.path.join(d, "model_state"), m.state) if jax.tree.leaves(m.state) else m.state
+    return Output(m.replace(params=params, state=ms), read_json(os.path.join(d, "result.json")))
 
 
 def _hp(s, teacher: bool) -> dict:
@@ -126,43 +148,45 @@ def make_job(ctx: Context, name: str, outputs: dict) -> Job:
     """The training job of stage ``name`` (``outputs``: finished upstream stages by name)."""
     s, cfg = ctx.cfg[name], ctx.cfg
     m = fresh_model(ctx, name)
-    params = m.params
     src = s.get("input") or s.get("init")
     if src:
-        params = outputs[src].params
-        tree.check_same_structure(params, m.params, f"output of stage {src!r}", f"model of stage {name!r}")
-    teacher = outputs[s.teacher] if s.get("teacher") else None
+        tree.check_same_structure(outputs[src].params, m.params, f"output of stage {src!r}", f"model of stage {name!r}")
+        m = m.replace(params=outputs[src].params, state=outputs[src].model.state)
+    teacher = outputs[s.teacher].model if s.get("teacher") else None
+    lay = stage_layout(ctx, name)
     if s.type in ("train", "distill"):
         t = identity()
     elif s.type == "prune":
-        t = methods.prune_transform(s, s.steps)
+        t = methods.prune_transform(s, s.steps, layout=lay)
     else:
-        t = methods.quant_transform(s, params)
+        t = methods.quant_transform(s, m.params, layout=lay)
     make_t = lambda hp: t  # traced values (sparsity, bits) live in the transform state
-    return Job(m.apply_fn, params, make_t, _hp(s, teacher is not None), s.steps, s.batch_size, cfg.seed,
-               teacher.apply_fn if teacher else None, teacher.params if teacher else None,
+    return Job(m, make_t, _hp(s, teacher is not None), s.steps, s.batch_size, cfg.seed, teacher,
                tuple(ctx.ds.input_shape))
 
 
-def _write(ctx: Context, name: str, params, result: dict, state=None) -> Output:
+def _write(ctx: Context, name: str, params, result: dict, model_state, state=None) -> Output:
     d = stage_dir(ctx, name)
     save_tree(os.path.join(d, "output"), params)
+    if jax.tree.leaves(model_state):
+        save_tree(os.path.join(d, "model_state"), model_state)
     if state is not None:
-        save_tree(os.path.join(d, "state"), {"params": state.params, "tstate": state.tstate})
+        save_tree(os.path.join(d, "state"), {"params": state.params, "tstate": state.tstate,
+                                             "model_state": state.model_state})
     result = {"stage": name, "type": ctx.cfg[name].type, "fingerprint": fingerprint(ctx.cfg, name),
               "params_count": tree.count_params(params), **result}
     atomic_write_json(os.path.join(d, "result.json"), result)
-    return Output(fresh_model(ctx, name).apply_fn, params, result)
+    return Output(fresh_model(ctx, name).replace(params=params, state=model_state), result)
 
 
 def finish_training(ctx: Context, name: str, job: Job, state, info: dict) -> Output:
     s = ctx.cfg[name]
     params = jax.device_get(shipped(job, state))
-    ev = evaluate(job.apply_fn, params, ctx.ds.x_test, ctx.ds.y_test)
+    ev = evaluate(job.model, params, ctx.ds.x_test, ctx.ds.y_test, state.model_state)
     bits = s.bits if s.type == "qat" else 32
     result = {"accuracy": ev["accuracy"], "loss": ev["loss"], "sparsity": methods.sparsity(params), "bits": bits,
               "artifact_bytes": 4 * tree.count_params(params), "steps": s.steps, **info}
-    return _write(ctx, name, params, result, state)
+    return _write(ctx, name, params, result, jax.device_get(state.model_state), state)
 
 
 def run_other(ctx: Context, name: str, outputs: dict) -> Output:
@@ -172,27 +196,28 @@ def run_other(ctx: Context, name: str, outputs: dict) -> Output:
     if s.type == "evaluate":
         return _evaluate(ctx, name, outputs)
     src = outputs[s.input]
+    lay = stage_layout(ctx, name)
     if s.type == "ptq":
-        params = jax.device_get(methods.ptq(src.params, s.bits))
+        params = jax.device_get(methods.ptq(src.params, s.bits, layout=lay))
         size, bits = 4 * tree.count_params(params), s.bits
     else:  # convert: real bytes on disk, evaluated from what is read back
         path = os.path.join(stage_dir(ctx, name), "model.jxc")
-        size, _ = export.save(path, src.params, bits=s.bits, codec=s.codec, float_dtype=s.float_dtype)
+        size, _ = export.save(path, src.params, bits=s.bits, codec=s.codec, float_dtype=s.float_dtype, layout=lay)
         params, bits = export.load(path, like=src.params), s.bits
-    ev = evaluate(src.apply_fn, params, ctx.ds.x_test, ctx.ds.y_test)
+    ev = evaluate(src.model, params, ctx.ds.x_test, ctx.ds.y_test)
     result = {"accuracy": ev["accuracy"], "loss": ev["loss"], "sparsity": methods.sparsity(params), "bits": bits,
               "artifact_bytes": int(size), "train_seconds": time.perf_counter() - t0}
-    return _write(ctx, name, params, result)
+    return _write(ctx, name, params, result, src.model.state)
 
 
-def latency(apply_fn, params, *inputs, repeats: int) -> float:
-    """Median seconds of one jitted forward pass ``apply_fn(params, *inputs)``."""
-    f = jax.jit(apply_fn)
-    jax.block_until_ready(f(params, *inputs))
+def latency(model: Model, inputs, repeats: int) -> float:
+    """Median seconds of one jitted eval-mode forward pass of ``model`` (its params and state) on ``inputs``."""
+    f = jax.jit(lambda p, st, x: model.forward(p, st, x, train=False, rng=None)[0])
+    jax.block_until_ready(f(model.params, model.state, inputs))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(f(params, *inputs))
+        jax.block_until_ready(f(model.params, model.state, inputs))
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
@@ -210,7 +235,7 @@ def _evaluate(ctx: Context, name: str, outputs: dict) -> Output:
                      "bits": r["bits"], "artifact_bytes": r["artifact_bytes"],
                      "compression": ref_bytes / r["artifact_bytes"],
                      "acc_drop_points": 100 * (ref_acc - r["accuracy"]),
-                     "latency_ms": 1e3 * latency(outputs[p].apply_fn, outputs[p].params, x, repeats=s.latency_repeats)})
+                     "latency_ms": 1e3 * latency(outputs[p].model, x, repeats=s.latency_repeats)})
     final = rows[-1]
     result = {"rows": rows, "reference": ref, "accuracy": final["accuracy"], "sparsity": final["sparsity"],
               "bits": final["bits"], "artifact_bytes": final["artifact_bytes"], "compression_ratio": final["compression"],
@@ -218,7 +243,7 @@ def _evaluate(ctx: Context, name: str, outputs: dict) -> Output:
     d = stage_dir(ctx, name)
     result = {"stage": name, "type": "evaluate", "fingerprint": fingerprint(cfg, name), **result}
     atomic_write_json(os.path.join(d, "result.json"), result)
-    return Output(outputs[final["stage"]].apply_fn, outputs[final["stage"]].params, result)
+    return Output(outputs[final["stage"]].model, result)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -234,4 +259,4 @@ def format_table(rows: list[dict]) -> str:
 
 
 __all__ = ["Context", "Output", "TRAINING", "make_job", "finish_training", "run_other", "load_output", "is_done",
-           "fingerprint", "format_table", "stage_dir", "latency", "require_done"]
+           "fingerprint", "format_table", "stage_dir", "latency", "require_done", "fresh_model", "stage_layout"]

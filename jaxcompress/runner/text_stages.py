@@ -35,6 +35,7 @@ import numpy as np
 
 from jaxcompress import bert_compress as bc
 from jaxcompress import text_metrics
+from jaxcompress.model import Model, from_linen
 from jaxcompress.models import bert
 from jaxcompress.runner.checkpoint import atomic_write_bytes, atomic_write_json, read_json
 from jaxcompress.runner.config import ConfigError, to_plain
@@ -136,17 +137,16 @@ def load_params(ctx, name: str):
     return bc.load_artifact(os.path.join(_stages().stage_dir(ctx, name), "artifact.npz"))
 
 
-def apply_fn(ctx, name: str, params):
-    module = module_for(ctx, name, params)
-    return lambda p, ids, mask: module.apply({"params": p}, ids, mask)
+def model(ctx, name: str, params) -> Model:
+    """The encoder of stage ``name`` running ``params`` as a Model (inputs ``(ids, mask)``)."""
+    return from_linen(module_for(ctx, name, params), {"params": params})
 
 
 def load_output(ctx, name: str):
     stages = _stages()
     stages.require_done(ctx, name)
     params = load_params(ctx, name)
-    return stages.Output(apply_fn(ctx, name, params), params,
-                         read_json(os.path.join(stages.stage_dir(ctx, name), "result.json")))
+    return stages.Output(model(ctx, name, params), read_json(os.path.join(stages.stage_dir(ctx, name), "result.json")))
 
 
 def _compress(ctx, name: str, outputs: dict):
@@ -200,7 +200,7 @@ def run(ctx, name: str, outputs: dict):
               "artifact_bytes": int(size), "linear_bytes": bc.artifact_bytes(params, linear_only=True),
               "blocks": len(bc.blocks(params)), "seconds": time.perf_counter() - t0, **extra}
     atomic_write_json(os.path.join(d, "result.json"), result)
-    return stages.Output(apply_fn(ctx, name, params), params, result)
+    return stages.Output(model(ctx, name, params), result)
 
 
 def evaluate(ctx, name: str, outputs: dict):
@@ -219,15 +219,14 @@ def evaluate(ctx, name: str, outputs: dict):
         r = outputs[p].result
         rows.append({"stage": p, "type": r["type"], "cosine": r["cosine"], "nn_agree": r["nn_agree"],
                      "artifact_bytes": r["artifact_bytes"], "compression": ref_bytes / r["artifact_bytes"],
-                     "latency_ms": 1e3 * stages.latency(outputs[p].apply_fn, outputs[p].params, ids, mask,
-                                                        repeats=s.latency_repeats)})
+                     "latency_ms": 1e3 * stages.latency(outputs[p].model, (ids, mask), repeats=s.latency_repeats)})
     final = rows[-1]
     result = {"stage": name, "type": "evaluate", "fingerprint": stages.fingerprint(cfg, name), "rows": rows,
               "reference": ref, "cosine": final["cosine"], "nn_agree": final["nn_agree"],
               "artifact_bytes": final["artifact_bytes"], "compression_ratio": final["compression"],
               "final_stage": final["stage"]}
     atomic_write_json(os.path.join(stages.stage_dir(ctx, name), "result.json"), result)
-    return stages.Output(outputs[final["stage"]].apply_fn, outputs[final["stage"]].params, result)
+    return stages.Output(outputs[final["stage"]].model, result)
 
 
 def format_table(rows: list[dict]) -> str:

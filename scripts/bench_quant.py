@@ -29,7 +29,8 @@ import optax  # noqa: E402
 from _results import write_results  # noqa: E402  (scripts/_results.py)
 
 import jaxcompress.quantization as jq  # noqa: E402
-from jaxcompress import baselines, data, models, train, tree  # noqa: E402
+from jaxcompress import baselines, data, layout, models, train, tree  # noqa: E402
+from jaxcompress.model import from_apply  # noqa: E402
 from jaxcompress.quantization.spec import QuantSpec  # noqa: E402
 
 ACT = QuantSpec(bits=8, granularity="tensor")
@@ -103,11 +104,11 @@ def size_ratios() -> dict:
 
 
 # ---------------------------------------------------------------- accuracy ------------------
-def _group_overrides(params, bits):
+def _group_overrides(params, bits, lay):
     ov = {}
     for p, w in tree.named_leaves(params):
-        if p.endswith("kernel"):
-            n = w.shape[-2]
+        if p in lay:
+            n = w.shape[lay[p].group_axis]
             g = max(d for d in range(1, 33) if n % d == 0)
             ov["^" + p + "$"] = QuantSpec(bits=bits, granularity="group", group_size=g)
     return ov
@@ -128,14 +129,15 @@ def accuracy_one(name: str, seed: int, dense_steps, qat_steps: int) -> dict:
     r = baselines.train_dense(name, model, seed=seed, steps=dense_steps)
     m = models.create(model, ds.input_shape, ds.num_classes, rng=seed)
     params = r["params"]
+    lay = layout.trace(from_apply(m.apply_fn, params), ds.x_train[:1])  # conv kernels: axes from the model
     ev = lambda apply_fn, p, t=None, s=(): 100 * train.make_eval_fn(apply_fn, t)(p, s, ds.x_test, ds.y_test)["accuracy"]  # noqa: E731
     res = {"float": 100 * r["accuracy"]}
     # PTQ w8a8: per-channel weights, per-tensor static activations
     ranges = jq.calibrate(m, params, jq.calibration_batches(ds.x_train, 128, 8), ACT)
-    t8 = jq.quantize_weights(QuantSpec(8))
+    t8 = jq.quantize_weights(QuantSpec(8), layout=lay)
     fq_apply = jq.quantize_activations(m, ACT, ranges)
     res["ptq_int8"] = ev(fq_apply, params, t8, t8.init(params))
-    art = jq.convert(params, QuantSpec(8))
+    art = jq.convert(params, QuantSpec(8), layout=lay)
     logits_int = jq.integer_apply(m, art, ranges)(ds.x_test)
     logits_fq = jax.jit(fq_apply)(t8.apply(params, t8.init(params)), ds.x_test)
     res["int8_integer"] = 100 * float(train.accuracy(logits_int, ds.y_test))
@@ -144,22 +146,22 @@ def accuracy_one(name: str, seed: int, dense_steps, qat_steps: int) -> dict:
     # PTQ weight-only int4 per-channel / group; observer table 4-bit and 3-bit
     for bits in (4, 3):
         for obs in ("minmax", "percentile", "mse", "entropy"):
-            t = jq.quantize_weights(QuantSpec(bits), observer=obs)
+            t = jq.quantize_weights(QuantSpec(bits), observer=obs, layout=lay)
             res[f"ptq_w{bits}_{obs}"] = ev(m.apply_fn, params, t, t.init(params))
     res["ptq_int4"] = res["ptq_w4_minmax"]
-    tg = jq.quantize_weights(QuantSpec(4), overrides=_group_overrides(params, 4))
+    tg = jq.quantize_weights(QuantSpec(4), overrides=_group_overrides(params, 4, lay), layout=lay)
     res["ptq_int4_group"] = ev(m.apply_fn, params, tg, tg.init(params))
     # QAT weight-only int4/3/2, w4a8, LSQ int4/int2
     for bits, obs in ((4, "minmax"), (3, "minmax"), (2, "minmax"), (3, "mse"), (2, "mse")):
-        t = jq.quantize_weights(QuantSpec(bits), observer=obs)
+        t = jq.quantize_weights(QuantSpec(bits), observer=obs, layout=lay)
         st = _finetune(m.apply_fn, params, t, ds, seed, qat_steps, proto.batch_size)
         res[f"qat_int{bits}" + ("" if obs == "minmax" else f"_{obs}")] = ev(m.apply_fn, st.params, t, st.tstate)
-    t = jq.quantize_weights(QuantSpec(4))
+    t = jq.quantize_weights(QuantSpec(4), layout=lay)
     st = _finetune(fq_apply, params, t, ds, seed, qat_steps, proto.batch_size)
     res["qat_w4a8"] = ev(fq_apply, st.params, t, st.tstate)
     for bits in (4, 2):
-        t = jq.lsq_weights(QuantSpec(bits))
-        st = _finetune(m.apply_fn, jq.lsq_init_params(params, QuantSpec(bits)), t, ds, seed, qat_steps, proto.batch_size)
+        t = jq.lsq_weights(QuantSpec(bits), layout=lay)
+        st = _finetune(m.apply_fn, jq.lsq_init_params(params, QuantSpec(bits), layout=lay), t, ds, seed, qat_steps, proto.batch_size)
         res[f"lsq_int{bits}"] = ev(m.apply_fn, st.params, t, st.tstate)
     return res
 

@@ -8,6 +8,12 @@
 * NNX: a copy of the module gets path-aware ``dot_general`` (``Linear``,
   ``LinearGeneral``), ``conv_general_dilated`` (``Conv``) and ``einsum_op`` (``Einsum``).
 
+Any model form works: a :class:`jaxcompress.model.Model` (linen or NNX,
+with BatchNorm statistics and other state: it runs in eval mode with them), a zoo
+:class:`jaxcompress.models.Model`, an ``nnx.Module`` or a linen ``apply_fn(params, x)``.
+A mode that would change nothing because no layer was intercepted raises instead of
+silently running in float.
+
 A layer is named by its module path (``"Dense_0"``, ``"hidden/0"``); its weight is
 ``f"{layer}/kernel"``. A *handler* ``handler(layer, op, lhs, rhs)`` decides what happens;
 ``op(lhs, rhs, **kw)`` is the layer's original operation with its other arguments bound
@@ -23,13 +29,15 @@ A layer is named by its module path (``"Dense_0"``, ``"hidden/0"``); its weight 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcompress import model as jmodel
+from jaxcompress.model import Model
 from jaxcompress.quantization import fake, grid
 from jaxcompress.quantization.spec import QuantSpec
 
@@ -39,7 +47,7 @@ _LINEN_CONV = (nn.Conv,)
 _NNX_ATTR = ((nnx.Linear, "dot_general"), (nnx.LinearGeneral, "dot_general"), (nnx.Conv, "conv_general_dilated"))
 
 
-def _linen_hooked(apply_fn: Callable, handler, input_only: bool) -> Callable:
+def _linen_interceptor(handler, input_only: bool):
     def interceptor(next_fun, args, kwargs, context):
         mod = context.module
         if context.method_name != "__call__" or not isinstance(mod, (*_LINEN_DOT, *_LINEN_CONV, nn.Einsum)):
@@ -60,11 +68,7 @@ def _linen_hooked(apply_fn: Callable, handler, input_only: bool) -> Callable:
         finally:
             object.__setattr__(mod, attr, orig)
 
-    def wrapped(params, x):
-        with nn.intercept_methods(interceptor):
-            return apply_fn(params, x)
-
-    return wrapped
+    return interceptor
 
 
 def _bind(base, layer, handler):
@@ -81,9 +85,8 @@ def _bind_einsum(base, layer, handler):
     return hooked
 
 
-def _nnx_hooked(module: nnx.Module, handler) -> tuple[Callable, Any]:
-    from jaxcompress.models import nnx_to_apply
-
+def _nnx_hooked(module: nnx.Module, handler) -> nnx.Module:
+    """A copy of ``module`` whose Linear / LinearGeneral / Conv / Einsum ops call ``handler``."""
     copy = nnx.merge(*nnx.split(module))
     for path, sub in nnx.iter_modules(copy):
         layer = "/".join(str(p) for p in path)
@@ -95,30 +98,63 @@ def _nnx_hooked(module: nnx.Module, handler) -> tuple[Callable, Any]:
                 base = getattr(sub, attr) or jax.lax.dot_general
                 setattr(sub, attr, _bind(base, layer, handler))
                 break
-    return nnx_to_apply(copy)
+    return copy
 
 
-def hooked_apply(model, handler, input_only: bool = False) -> Callable:
-    """``apply_fn(params, x)`` of ``model`` with ``handler`` around every Dense/Conv/Einsum op.
+def _to_model(model) -> Model:
+    """``model`` as a :class:`jaxcompress.model.Model`: a Model itself, a zoo
+    :class:`jaxcompress.models.Model`, an ``nnx.Module`` or a linen ``apply_fn(params, x)``."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, nnx.Module):
+        return jmodel.from_nnx(model)
+    module = getattr(model, "module", None)
+    if isinstance(module, nnx.Module):  # zoo NNX model: its module and params
+        return jmodel.from_nnx(module).replace(params=model.params)
+    apply_fn = getattr(model, "apply_fn", model)
+    if isinstance(model, nn.Module) or not callable(apply_fn):
+        raise ValueError(f"model must be a jaxcompress.model.Model, a jaxcompress.models.Model, an nnx.Module "
+                         f"or a linen apply_fn(params, x), got {type(model).__name__} (a linen module: "
+                         f"jaxcompress.model.from_linen(module, variables))")
+    return jmodel.from_apply(apply_fn, getattr(model, "params", None), module)
 
-    Args:
-      model: a :class:`jaxcompress.models.Model` (linen or NNX), an ``nnx.Module``, or a linen
-        ``apply_fn(params, x)``.
-      handler: ``handler(layer, op, lhs, rhs) -> out``; with ``input_only`` (linen only) it is
-        called as ``handler(layer, None, x, None)`` and returns the new layer input.
-      input_only: linen: transform layer inputs instead of wrapping the operation.
-    """
-    module = getattr(model, "module", model)
-    if isinstance(module, nnx.Module):
+
+def hooked_model(model, handler, input_only: bool = False) -> Model:
+    """``model`` (any form the module docstring lists) as a Model whose ``forward`` runs ``handler`` around
+    every Dense / Conv / Einsum op (same params, state, train / eval modes)."""
+    base = _to_model(model)
+    if isinstance(base.module, nnx.Module):
         if input_only:
             def full(layer, op, lhs, rhs):
                 return op(handler(layer, None, lhs, None), rhs)
-            return _nnx_hooked(module, full)[0]
-        return _nnx_hooked(module, handler)[0]
-    apply_fn = getattr(model, "apply_fn", model)
-    if not callable(apply_fn):
-        raise ValueError(f"model must be a Model, an nnx.Module or a linen apply_fn, got {type(model).__name__}")
-    return _linen_hooked(apply_fn, handler, input_only)
+        else:
+            full = handler
+        hooked = jmodel.from_nnx(_nnx_hooked(base.module, full))
+        if jax.tree.structure(hooked.params) != jax.tree.structure(base.params):
+            raise ValueError(f"cannot intercept {type(base.module).__name__}: its params do not have the "
+                             f"structure of nnx.split(module, nnx.Param, ...)")
+        return base.replace(forward=hooked.forward)
+    interceptor = _linen_interceptor(handler, input_only)
+    forward = base.forward
+
+    def hooked_forward(*args, **kwargs):
+        with nn.intercept_methods(interceptor):
+            return forward(*args, **kwargs)
+
+    return base.replace(forward=hooked_forward)
+
+
+def hooked_apply(model, handler, input_only: bool = False) -> Callable:
+    """``apply_fn(params, x)`` (eval mode) of ``model`` with ``handler`` around every Dense/Conv/Einsum op.
+
+    Args:
+      model: a :class:`jaxcompress.model.Model` (linen or NNX, with its state), a
+        :class:`jaxcompress.models.Model`, an ``nnx.Module``, or a linen ``apply_fn(params, x)``.
+      handler: ``handler(layer, op, lhs, rhs) -> out``; with ``input_only`` it is called as
+        ``handler(layer, None, x, None)`` and returns the new layer input.
+      input_only: transform layer inputs instead of wrapping the operation.
+    """
+    return hooked_model(model, handler, input_only).apply_fn
 
 
 def capture_inputs(model) -> Callable:
@@ -159,12 +195,29 @@ def quantize_activations(model, spec: QuantSpec = DEFAULT_ACT_SPEC, ranges: dict
         per-batch min/max.
       bits: optional traced bit width.
       skip: layer names left in float.
+
+    Raises:
+      ValueError: (when traced) if the model has no intercepted layer at all: its
+        activations would silently stay float.
     """
 
     def handler(layer, op, lhs, rhs):
+        seen.append(layer)
         if layer in skip:
             return lhs
         s, z = act_scale_zero_point(ranges, layer, lhs, spec, bits)
         return fake.fake_quant(lhs, spec, s.astype(jnp.float32), z, bits)
 
-    return hooked_apply(model, handler, input_only=True)
+    seen: list = []
+    inner = hooked_apply(model, handler, input_only=True)
+
+    def apply_fn(params, x):
+        seen.clear()
+        out = inner(params, x)
+        if not seen:
+            raise ValueError(f"quantize_activations: no nn.Dense / DenseGeneral / Conv / Einsum (linen) or nnx "
+                             f"Linear / LinearGeneral / Conv / Einsum layer ran in {type(model).__name__}; its "
+                             f"activations would stay float")
+        return out
+
+    return apply_fn

@@ -1,7 +1,9 @@
 """Real integer arrays: :class:`QArray`, conversion of a params tree, packed int4, save/load.
 
 ``convert`` turns the selected float weights into ``QArray`` s (integer codes + float32
-scales + zero points) using exactly the scales of :func:`..transform.quantize_weights`;
+scales + zero points) using exactly the scales of :func:`..transform.quantize_weights`
+(the same ``spec`` / ``where`` / ``layout`` give the same grid; a QArray's ``spec`` has
+concrete axes);
 codes of 4 bits or fewer are packed two per byte (2 bits: four per byte). ``save`` writes
 an ``.npz`` (no pickle) whose ``__meta__`` entry is JSON; ``load`` reads it back bit-exactly.
 
@@ -12,6 +14,10 @@ an ``.npz`` (no pickle) whose ``__meta__`` entry is JSON; ``load`` reads it back
 (dtype('uint8'), (4,))
 >>> dequantize_tree(art)["d"]["kernel"].tolist()
 [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]
+>>> v = {"params": {"d": {"kernel": jnp.ones((4, 2))}}, "batch_stats": {"bn": {"mean": jnp.zeros(2)}}}
+>>> art = convert(v, QuantSpec(bits=8))                    # a linen variables dict: params converted
+>>> type(art["params"]["d"]["kernel"]).__name__, type(art["batch_stats"]["bn"]["mean"]).__name__
+('QArray', 'ArrayImpl')
 """
 
 from __future__ import annotations
@@ -108,17 +114,28 @@ def quantize_array(w, spec: QuantSpec, scale=None, zero_point=None, observer: st
                   spec.bits <= 4)
 
 
+def _is_variables(tree, layout) -> bool:
+    """A linen variables dict ``{"params": ..., "batch_stats": ...}`` (not a params dict)."""
+    if not (isinstance(tree, dict) and isinstance(tree.get("params"), dict)):
+        return False
+    return layout is None or not any(p == "params" or p.startswith("params/") for p in layout)
+
+
 def convert(params, spec: QuantSpec | None = None, where=None, overrides=None, observer: str = "minmax",
-            scales: dict | None = None):
+            scales: dict | None = None, layout: dict | None = None):
     """Replace the selected leaves of ``params`` by :class:`QArray` s (others unchanged).
 
     Args:
-      params: float params (linen dict or ``nnx.State``), e.g. after QAT.
-      spec, where, overrides, observer: as in :func:`..transform.quantize_weights`.
+      params: float params (linen dict or ``nnx.State``), e.g. after QAT; or a linen variables
+        dict ``{"params": ..., "batch_stats": ...}``, whose ``params`` are converted (paths,
+        ``where``, ``overrides`` and ``layout`` relative to them) and other collections kept.
+      spec, where, overrides, observer, layout: as in :func:`..transform.quantize_weights`.
       scales: optional ``{path: scale}`` (e.g. LSQ's learned ``lsq_scales``).
     """
+    if _is_variables(params, layout):
+        return {**params, "params": convert(params["params"], spec, where, overrides, observer, scales, layout)}
     spec = spec or QuantSpec()
-    specs = resolve_specs(params, spec, where, overrides)
+    specs = resolve_specs(params, spec, where, overrides, layout)
 
     def f(path, w):
         if path not in specs:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import jaxcompress.quantization as jq
-from jaxcompress import models, tree
+from jaxcompress import layout, models, tree
+from jaxcompress.model import from_apply
 from jaxcompress.quantization.spec import QuantSpec
 
 
@@ -25,8 +26,11 @@ def test_pack_unpack_roundtrip(bits, n):
 def test_qarray_codes_match_fake_quant():
     m = models.create("cnn1d", (40,), 10, rng=0)
     spec = QuantSpec(bits=4)
-    art = jq.convert(m.params, spec)
-    t = jq.quantize_weights(spec)
+    lay = layout.trace(from_apply(m.apply_fn, m.params), jnp.zeros((1, 40)))
+    with pytest.raises(ValueError, match="Conv_0/kernel"):  # conv kernels need a layout
+        jq.convert(m.params, spec)
+    art = jq.convert(m.params, spec, layout=lay)
+    t = jq.quantize_weights(spec, layout=lay)
     fq = t.apply(m.params, t.init(m.params))
     deq = jq.dequantize_tree(art)
     for a, b in zip(jax.tree.leaves(fq), jax.tree.leaves(deq)):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import jaxcompress.quantization as jq
-from jaxcompress import models
+from jaxcompress import layout, models
+from jaxcompress.model import from_apply
 from jaxcompress.quantization.spec import QuantSpec
 
 ACT = QuantSpec(bits=8, granularity="tensor")
@@ -17,9 +18,12 @@ def test_integer_inference_equals_fake_quant(name, shape):
     m = models.create(name, shape, 10, rng=0, **({"features": (12,)} if "mlp" in name else {}))
     x = jax.random.normal(jax.random.key(1), (64, *shape))
     ranges = jq.calibrate(m, m.params, [x[:32], x[32:]], ACT)
-    t = jq.quantize_weights(QuantSpec(bits=8))
+    lay = layout.trace(from_apply(m.apply_fn, m.params), x[:1])
+    t = jq.quantize_weights(QuantSpec(bits=8), layout=lay)
     fq = jax.jit(jq.quantize_activations(m, ACT, ranges))(t.apply(m.params, t.init(m.params)), x)
-    yi = jq.integer_apply(m, jq.convert(m.params, QuantSpec(bits=8)), ranges)(x)
+    fi = jq.integer_apply(m, jq.convert(m.params, QuantSpec(bits=8), layout=lay), ranges)
+    yi = fi(x)
+    assert fi.num_integer_ops == len(lay)  # every Dense / Conv ran on integers
     np.testing.assert_array_equal(np.asarray(fq.argmax(-1)), np.asarray(yi.argmax(-1)))
     assert float(jnp.max(jnp.abs(fq - yi))) < 1e-4
     assert float(jnp.max(jnp.abs(fq - m.apply_fn(m.params, x)))) > 0  # quantization did something

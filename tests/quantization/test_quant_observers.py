@@ -51,7 +51,7 @@ def test_mse_search_is_optimal_among_its_candidates():
 def test_per_channel_observers_shape():
     w = jax.random.normal(jax.random.key(1), (3, 3, 8, 4))
     for fn in (jq.minmax_range, jq.percentile_range, jq.mse_range, jq.entropy_range):
-        lo, hi = fn(w, QuantSpec(bits=4))
+        lo, hi = fn(w, QuantSpec(bits=4, axis=-1))  # a Conv (H, W, I, O) kernel: explicit output axis
         assert lo.shape == hi.shape == (1, 1, 1, 4)
 
 

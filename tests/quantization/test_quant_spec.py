@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 import jaxcompress.quantization as jq
+from jaxcompress.layout import WeightLayout
 from jaxcompress.quantization.spec import QuantSpec
+
+
+def _conv(nd: int) -> dict:
+    """The layout of a Conv kernel ``(*window, I, O)`` named ``w``."""
+    return {"w": WeightLayout(tuple(range(nd - 1)), (nd - 1,), nd - 2, "conv")}
 
 
 @pytest.mark.parametrize("bits", [0, 1, 9, 12, 32, 8.0, "8", True])
@@ -52,7 +58,9 @@ def test_dense_kernel_per_channel_is_output_axis():
 @pytest.mark.parametrize("shape", [(3, 3, 4, 6), (5, 4, 6)])
 def test_conv_kernel_per_channel_is_output_axis(shape):
     w = jax.random.normal(jax.random.key(1), shape)  # (H, W, I, O) or (W, I, O)
-    spec = QuantSpec(bits=4)
+    with pytest.raises(ValueError, match="'w'.*ambiguous"):
+        QuantSpec(bits=4).resolve(shape, "w")
+    spec = QuantSpec(bits=4).resolve(shape, "w", _conv(len(shape)))
     s, _ = jq.compute_scale_zero_point(*jq.minmax(w, spec), spec)
     assert s.shape == (1,) * (len(shape) - 1) + (6,)
     ref = np.abs(np.asarray(w)).reshape(-1, 6).max(0) / 7
@@ -62,7 +70,8 @@ def test_conv_kernel_per_channel_is_output_axis(shape):
 def test_groups_split_the_contraction_axis():
     w = jax.random.normal(jax.random.key(2), (3, 3, 8, 4))  # conv (H, W, I, O), groups of 4 input channels
     spec = QuantSpec(bits=4, granularity="group", group_size=4)
-    s, _ = jq.compute_scale_zero_point(*jq.minmax(w, spec), spec)
+    cspec = spec.resolve(w.shape, "w", _conv(4))
+    s, _ = jq.compute_scale_zero_point(*jq.minmax(w, cspec), cspec)
     assert s.shape == (1, 1, 2, 1, 4)
     wn = np.abs(np.asarray(w))
     for g in range(2):

@@ -1,4 +1,7 @@
-"""The model zoo: linen MLP / CNN2D / CNN1D and an NNX MLP, all as ``(apply_fn, params)``.
+"""The model zoo: linen MLP / CNN2D / CNN1D and an NNX MLP, each a :class:`jaxcompress.model.Model`.
+
+A zoo model is the same contract a user's own model is (``from_linen`` / ``from_nnx``): it has
+``params``, ``state`` (``{}`` here), ``forward`` and the eval-mode ``apply_fn(params, x)``.
 
 >>> import jax
 >>> m = create("mlp", input_shape=(64,), num_classes=10, rng=jax.random.key(0))
@@ -8,26 +11,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcompress.model import Model, from_linen, from_nnx
 from jaxcompress.models import bert
 from jaxcompress.models.linen import CNN1D, CNN2D, MLP
 from jaxcompress.models.nnx_models import NNXMLP, nnx_to_apply
 
 MODELS = ("mlp", "cnn2d", "cnn1d", "nnx_mlp")
 DEFAULT_MODEL = {"digits": "mlp", "mnist1d": "cnn1d"}
-
-
-class Model(NamedTuple):
-    """A model as pure pieces: ``apply_fn(params, x) -> logits``, its ``params``, the module."""
-
-    apply_fn: Callable[[Any, jax.Array], jax.Array]
-    params: Any
-    module: Any
 
 
 def linen_apply(module):
@@ -52,9 +46,7 @@ def create(name: str, input_shape: tuple[int, ...], num_classes: int = 10, rng=N
     rng = jax.random.key(0) if rng is None else (jax.random.key(rng) if isinstance(rng, int) else rng)
     dummy = jnp.zeros((1, *input_shape), jnp.float32)
     if name == "nnx_mlp":
-        module = NNXMLP(int(dummy.size), num_classes=num_classes, rngs=nnx.Rngs(rng), **kwargs)
-        apply_fn, params = nnx_to_apply(module)
-        return Model(apply_fn, params, module)
+        return from_nnx(NNXMLP(int(dummy.size), num_classes=num_classes, rngs=nnx.Rngs(rng), **kwargs))
     if name == "mlp":
         module = MLP(num_classes=num_classes, **kwargs)
     elif name == "cnn2d":
@@ -66,8 +58,7 @@ def create(name: str, input_shape: tuple[int, ...], num_classes: int = 10, rng=N
         module = CNN2D(num_classes=num_classes, **kwargs)
     else:
         module = CNN1D(num_classes=num_classes, **kwargs)
-    params = module.init(rng, dummy)["params"]
-    return Model(linen_apply(module), params, module)
+    return from_linen(module, {"params": module.init(rng, dummy)["params"]})
 
 
 __all__ = ["bert", "MODELS", "DEFAULT_MODEL", "Model", "create", "linen_apply", "MLP", "CNN1D", "CNN2D", "NNXMLP", "nnx_to_apply"]

@@ -35,11 +35,10 @@ def nnx_to_apply(module: nnx.Module):
 
     ``params`` is an ``nnx.State`` (a pytree); every jaxcompress transform accepts it
     exactly as it accepts a linen ``params`` dict. Non-parameter state (batch stats,
-    RNG counters) is captured and kept fixed.
+    RNG counters) is captured and kept fixed, and the module runs in eval mode; for training
+    with that state use :func:`jaxcompress.model.from_nnx`.
     """
-    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    from jaxcompress.model import from_nnx
 
-    def apply_fn(p, x):
-        return nnx.merge(graphdef, p, rest)(x)
-
-    return apply_fn, params
+    m = from_nnx(module)
+    return m.apply_fn, m.params

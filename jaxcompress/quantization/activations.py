@@ -10,7 +10,7 @@
 
 Any model form works: a :class:`jaxcompress.model.Model` (linen or NNX,
 with BatchNorm statistics and other state: it runs in eval mode with them), a zoo
-:class:`jaxcompress.models.Model`, an ``nnx.Module`` or a linen ``apply_fn(params, x)``.
+zoo model, an ``nnx.Module`` or a linen ``apply_fn(params, x)``.
 A mode that would change nothing because no layer was intercepted raises instead of
 silently running in float.
 
@@ -102,21 +102,16 @@ def _nnx_hooked(module: nnx.Module, handler) -> nnx.Module:
 
 
 def _to_model(model) -> Model:
-    """``model`` as a :class:`jaxcompress.model.Model`: a Model itself, a zoo
-    :class:`jaxcompress.models.Model`, an ``nnx.Module`` or a linen ``apply_fn(params, x)``."""
+    """``model`` as a :class:`jaxcompress.model.Model`: a Model itself (the zoo's included), an
+    ``nnx.Module`` or a linen ``apply_fn(params, x)``."""
     if isinstance(model, Model):
         return model
     if isinstance(model, nnx.Module):
         return jmodel.from_nnx(model)
-    module = getattr(model, "module", None)
-    if isinstance(module, nnx.Module):  # zoo NNX model: its module and params
-        return jmodel.from_nnx(module).replace(params=model.params)
-    apply_fn = getattr(model, "apply_fn", model)
-    if isinstance(model, nn.Module) or not callable(apply_fn):
-        raise ValueError(f"model must be a jaxcompress.model.Model, a jaxcompress.models.Model, an nnx.Module "
-                         f"or a linen apply_fn(params, x), got {type(model).__name__} (a linen module: "
-                         f"jaxcompress.model.from_linen(module, variables))")
-    return jmodel.from_apply(apply_fn, getattr(model, "params", None), module)
+    if isinstance(model, nn.Module) or not callable(model):
+        raise ValueError(f"model must be a jaxcompress.model.Model, an nnx.Module or a linen apply_fn(params, x), "
+                         f"got {type(model).__name__} (a linen module: jaxcompress.model.from_linen(module, variables))")
+    return jmodel.from_apply(model, None)
 
 
 def hooked_model(model, handler, input_only: bool = False) -> Model:
@@ -149,7 +144,7 @@ def hooked_apply(model, handler, input_only: bool = False) -> Callable:
 
     Args:
       model: a :class:`jaxcompress.model.Model` (linen or NNX, with its state), a
-        :class:`jaxcompress.models.Model`, an ``nnx.Module``, or a linen ``apply_fn(params, x)``.
+        zoo model, an ``nnx.Module``, or a linen ``apply_fn(params, x)``.
       handler: ``handler(layer, op, lhs, rhs) -> out``; with ``input_only`` it is called as
         ``handler(layer, None, x, None)`` and returns the new layer input.
       input_only: transform layer inputs instead of wrapping the operation.

@@ -27,7 +27,7 @@ def calibrate(model, params, batches: Iterable, spec: QuantSpec = DEFAULT_ACT_SP
 
     Args:
       model: a :class:`jaxcompress.model.Model` (run in eval mode with its state), a
-        :class:`jaxcompress.models.Model`, an ``nnx.Module`` or a linen ``apply_fn``.
+        zoo model, an ``nnx.Module`` or a linen ``apply_fn``.
       params: the (float or weight-quantized) params to run with.
       batches: an iterable of inputs ``x`` or ``(x, y)`` tuples.
       spec: the activation quantizer the ranges are for (granularity decides their shape).

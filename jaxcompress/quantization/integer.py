@@ -139,7 +139,7 @@ def integer_apply(model, artifact, act_ranges: dict | None = None, act_spec: Qua
 
     Args:
       model: a :class:`jaxcompress.model.Model` (linen or NNX; its state, e.g. BatchNorm
-        running statistics, is used), a :class:`jaxcompress.models.Model`, an ``nnx.Module``
+        running statistics, is used), a zoo model, an ``nnx.Module``
         or a linen ``apply_fn(params, x)``.
       artifact: :func:`..convert.convert` of the model's params or of its linen variables dict
         ``{"params", "batch_stats", ...}`` (then its collections are the state the model runs

@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxcompress import export, models, tree
 from jaxcompress import layout as jlayout
-from jaxcompress.model import Model, from_linen, from_nnx
+from jaxcompress.model import Model
 from jaxcompress.runner import methods
 from jaxcompress.runner.checkpoint import atomic_write_json, load_tree, read_json, save_tree
 from jaxcompress.runner.config import ConfigError, to_plain
@@ -89,7 +89,7 @@ def _arch(cfg, name: str) -> tuple[str, dict]:
 @functools.lru_cache(maxsize=64)
 def _create(model: str, kw: tuple, input_shape: tuple, num_classes: int, seed: int) -> Model:
     if model == "nnx_mlp":  # an NNX module would capture tracers; build it eagerly
-        return from_nnx(models.create(model, input_shape, num_classes, rng=seed, **dict(kw)).module)
+        return models.create(model, input_shape, num_classes, rng=seed, **dict(kw))
     held = {}
 
     def init():  # linen init as one compiled program instead of op by op
@@ -97,7 +97,7 @@ def _create(model: str, kw: tuple, input_shape: tuple, num_classes: int, seed: i
         return held["m"].params
 
     params = jax.jit(init)()
-    return from_linen(held["m"].module, {"params": params})
+    return held["m"].replace(params=params)
 
 
 _LAYOUTS: dict = {}

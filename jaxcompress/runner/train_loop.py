@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp

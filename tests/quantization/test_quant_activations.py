@@ -8,7 +8,8 @@ from flax import nnx
 
 import jaxcompress.quantization as jq
 from jaxcompress import tree
-from jaxcompress.models import Model, nnx_to_apply
+from jaxcompress.model import from_apply
+from jaxcompress.models import nnx_to_apply
 from jaxcompress.quantization.spec import QuantSpec
 
 ACT = QuantSpec(bits=2, granularity="tensor")
@@ -48,11 +49,11 @@ def _check(model, params, layer):
 def test_linen_einsum_inputs_are_intercepted():
     mod = _LinenEinsum()
     params = mod.init(jax.random.key(0), jnp.zeros((1, 4)))["params"]
-    model = Model(lambda p, x: mod.apply({"params": p}, x), params, mod)
+    model = from_apply(lambda p, x: mod.apply({"params": p}, x), params, mod)
     _check(model, params, "Einsum_0")
 
 
 def test_nnx_einsum_inputs_are_intercepted():
     mod = _NNXEinsum(nnx.Rngs(0))
     apply_fn, params = nnx_to_apply(mod)
-    _check(Model(apply_fn, params, mod), params, "e")
+    _check(from_apply(apply_fn, params, mod), params, "e")

@@ -28,7 +28,7 @@ to guess for ``ndim >= 3`` (a ``Conv`` ``(*window, in, out)`` and a ``DenseGener
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -183,8 +183,17 @@ def axes_of(path: str, shape: tuple[int, ...], layout: Layout | None) -> WeightL
     raise ValueError(f"parameter {path!r} has shape {tuple(shape)}: not a kernel (needs ndim >= 2)")
 
 
-def selector(layout: Layout | None) -> Any:
-    """The default selector: the layout's weight paths, or (no layout) leaves named ``kernel``."""
-    if layout is None:
-        return None
-    return lambda path, leaf: path in layout
+def select(params, where=None, layout: Layout | None = None):
+    """:func:`jaxcompress.tree.select` with a layout: ``where=None`` selects the layout's weight paths.
+
+    The one place every transform's default selection is made (pruning and quantization alike).
+
+    Raises:
+      ValueError: naming a path of ``layout`` that ``params`` lacks (:func:`check`), or when the
+        selection is empty.
+    """
+    if layout is not None:
+        check(layout, params)
+        if where is None:
+            where = lambda path, leaf: path in layout  # noqa: E731
+    return jtree.select(params, where)

@@ -62,7 +62,7 @@ def _dst(grow: str, sparsity, every, drop_fraction, end, where, distribution, se
     decay = cosine_decay(drop_fraction, end or 10**9)
 
     def init(params):
-        sel = M.select_leaves(params, where, layout)
+        sel = jlayout.select(params, where, layout)
         shapes = {p: tuple(x.shape) for (p, x), (_, s) in zip(tree.named_leaves(params), tree.named_leaves(sel)) if s}
         targets = distributions.distribute(shapes, sparsity, distribution)
         key = jax.random.key(seed)

@@ -5,7 +5,7 @@ pruned (bias, norms ...) and is passed through unchanged. Works the same on a li
 ``params`` dict and on an ``nnx.State``.
 
 Functions that pick leaves (:func:`ones_like`, :func:`params_sparsity` and every pruning
-transform, through :func:`select_leaves`) take ``layout=`` (:func:`jaxcompress.layout.trace`):
+transform, through :func:`jaxcompress.layout.select`) take ``layout=`` (:func:`jaxcompress.layout.trace`):
 with it, ``where=None`` means the layout's weight paths.
 
 >>> import jax.numpy as jnp
@@ -59,23 +59,9 @@ def check_masks(params: Params, masks: Masks) -> None:
             raise ValueError(f"mask for parameter {path!r} has shape {np.shape(m)}, expected {np.shape(p)}")
 
 
-def select_leaves(params: Params, where: tree.Selector = None, layout: jlayout.Layout | None = None) -> Params:
-    """:func:`jaxcompress.tree.select` with a layout: ``where=None`` selects the layout's weight paths.
-
-    Raises:
-      ValueError: naming a path of ``layout`` that ``params`` lacks (:func:`jaxcompress.layout.check`),
-        or when the selection is empty.
-    """
-    if layout is not None:
-        jlayout.check(layout, params)
-        if where is None:
-            where = jlayout.selector(layout)
-    return tree.select(params, where)
-
-
 def ones_like(params: Params, where: tree.Selector = None, layout: jlayout.Layout | None = None) -> Masks:
     """All-True masks on the leaves ``where`` selects (default: kernels, or ``layout``'s paths), ``None`` elsewhere."""
-    sel = select_leaves(params, where, layout)
+    sel = jlayout.select(params, where, layout)
     return jax.tree.map(lambda p, s: jnp.ones(p.shape, bool) if s else None, params, sel)
 
 
@@ -112,7 +98,7 @@ def per_leaf_sparsity(masks: Masks) -> dict[str, float]:
 
 def params_sparsity(params: Params, where: tree.Selector = None, layout: jlayout.Layout | None = None) -> float:
     """Fraction of exact zeros among the leaves ``where`` selects (default: kernels, or ``layout``'s paths)."""
-    sel = select_leaves(params, where, layout)
+    sel = jlayout.select(params, where, layout)
     leaves = [p for (_, p), (_, s) in zip(tree.named_leaves(params), tree.named_leaves(sel)) if s]
     total = sum(int(p.size) for p in leaves)
     return sum(int((np.asarray(p) == 0).sum()) for p in leaves) / max(total, 1)

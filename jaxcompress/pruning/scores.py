@@ -31,13 +31,13 @@ import jax.numpy as jnp
 
 from jaxcompress import layout as jlayout
 from jaxcompress import tree
-from jaxcompress.pruning.masks import is_none, select_leaves
+from jaxcompress.pruning.masks import is_none
 
 Params = Any
 
 
 def _on_selected(fn, params, where, layout, *rest):
-    sel = select_leaves(params, where, layout)
+    sel = jlayout.select(params, where, layout)
     return jax.tree.map(lambda s, p, *r: fn(p, *r).astype(jnp.float32) if s else None, sel, params, *rest)
 
 
@@ -49,7 +49,7 @@ def magnitude(params: Params, where: tree.Selector = None, layout: jlayout.Layou
 def random(params: Params, rng: jax.Array, where: tree.Selector = None,
            layout: jlayout.Layout | None = None) -> Params:
     """Uniform ``[0, 1)`` scores: pruning by them is random pruning."""
-    sel = select_leaves(params, where, layout)
+    sel = jlayout.select(params, where, layout)
     leaves, treedef = jax.tree.flatten(sel)
     keys = jax.random.split(rng, len(leaves))
     keys_tree = jax.tree.unflatten(treedef, list(keys))

@@ -197,7 +197,7 @@ def prune(score: str = "magnitude", sparsity=0.5, schedule: Schedule | None = No
         return _masks_from_dict(params, new)
 
     def init(params):
-        sel = M.select_leaves(params, where, layout)
+        sel = jlayout.select(params, where, layout)
         shapes = {p: tuple(x.shape) for (p, x), (_, s) in zip(tree.named_leaves(params), tree.named_leaves(sel)) if s}
         named = {p: jnp.ones(s, bool) for p, s in shapes.items()}
         if nm is not None:

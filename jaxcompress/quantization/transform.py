@@ -60,11 +60,7 @@ def resolve_specs(params, spec: QuantSpec, where=None, overrides=None, layout: d
       ValueError: naming the leaf for a bad override, an axis that does not fit, or a
         per-channel / group spec on an ``ndim >= 3`` kernel without layout or explicit axis.
     """
-    if layout is not None:
-        layout_lib.check(layout, params)
-        if where is None:
-            where = layout_lib.selector(layout)
-    sel = dict(jtree.named_leaves(jtree.select(params, where)))
+    sel = dict(jtree.named_leaves(layout_lib.select(params, where, layout)))
     leaves = dict(jtree.named_leaves(params))
     per = jtree.resolve_per_path(params, spec, overrides)
     out = {}

@@ -47,7 +47,7 @@ def quant_transform(cfg, params, layout: dict | None = None) -> Transform:
     t = quantization.quantize_weights(quantization.QuantSpec(bits=int(cfg.bits)), layout=layout)
     if not cfg.keep_sparsity:
         return t
-    sel = jtree.select(params, jlayout.selector(layout))
+    sel = jlayout.select(params, None, layout)
     masks = jax.tree.map(lambda x, s: (np.asarray(x) != 0) if s else None, params, sel)
     return chain(pruning.fixed(masks), t)
 

@@ -66,7 +66,12 @@ def ones_like(params: Params, where: tree.Selector = None, layout: jlayout.Layou
 
 
 def apply_masks(params: Params, masks: Masks) -> Params:
-    """``w * mask`` on masked leaves (differentiable; gradients of pruned weights are 0)."""
+    """``w * mask`` on masked leaves (differentiable; gradients of pruned weights are 0).
+
+    Raises:
+      ValueError: naming the first path where ``masks`` does not match ``params`` (structure or shape).
+    """
+    check_masks(params, masks)
     return mask_map(lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros((), p.dtype)), masks, params)
 
 

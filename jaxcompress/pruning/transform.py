@@ -293,7 +293,22 @@ def snip(params, grads, sparsity, where: tree.Selector = None, scope: str = "glo
 
 
 def with_sparsity(state: PruneState, sparsity, targets: dict | None = None) -> PruneState:
-    """Same state with another (traced) total target; uniform per-leaf targets unless given."""
+    """Same state with another (traced) total target; uniform per-leaf targets unless given.
+
+    Concrete values are validated like the constructor's (``[0, 1)``, ``targets`` naming only
+    pruned paths); traced values cannot be checked and are taken as they are.
+
+    Raises:
+      ValueError: a concrete sparsity outside ``[0, 1)`` (naming the path for a per-leaf target),
+        or a ``targets`` path the state does not prune.
+    """
+    SEL.check_sparsity(sparsity)
+    if targets:
+        unknown = sorted(set(targets) - set(state.targets))
+        if unknown:
+            raise ValueError(f"with_sparsity: unknown path(s) {unknown}; pruned paths: {sorted(state.targets)}")
+        for p, v in targets.items():
+            SEL.check_sparsity(v, f"sparsity target of {p!r}")
     s = jnp.asarray(sparsity, jnp.float32)
     targets = targets or {p: s for p in state.targets}
     return state._replace(sparsity=s, targets={p: jnp.array(v, jnp.float32, copy=True) for p, v in targets.items()})

@@ -175,3 +175,26 @@ def test_schedule_and_masks_reusable_across_donating_runs():
     for t in (jp.magnitude(0.5, schedule=sched), jp.magnitude(0.7, schedule=sched), jp.fixed(masks), jp.fixed(masks)):
         state = run(m, t, 2)
         assert jp.params_sparsity(state.params) > 0.4
+
+
+def test_with_sparsity_validates_concrete_values_and_paths():
+    params = {"Dense_0": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)}}
+    st = jp.magnitude(0.5).init(params)
+    for bad in (1.5, -0.5, 1.0):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            jp.with_sparsity(st, bad)
+    with pytest.raises(ValueError, match="Dense_0/kernel"):
+        jp.with_sparsity(st, 0.5, {"Dense_0/kernel": 2.0})
+    with pytest.raises(ValueError, match="Dense_9/kernel"):
+        jp.with_sparsity(st, 0.5, {"Dense_9/kernel": 0.5})
+    # traced values pass through (they cannot be checked); the compiled setter still works
+    out = jax.jit(jp.with_sparsity)(st, jnp.float32(0.75))
+    assert float(out.sparsity) == 0.75 and float(out.targets["Dense_0/kernel"]) == 0.75
+
+
+def test_apply_masks_mismatch_names_the_path():
+    params = {"Dense_0": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)}}
+    with pytest.raises(ValueError, match="Dense_0/kernel"):
+        jp.apply_masks(params, {"Dense_0": {"kernel": jnp.ones((4, 3), bool), "bias": None}})
+    with pytest.raises(ValueError, match="Dense_0"):
+        jp.apply_masks(params, {"Dense_1": {"kernel": jnp.ones((4, 4), bool), "bias": None}})

@@ -140,7 +140,7 @@ def trace(model, inputs, params=None) -> Layout:
     spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), inputs)
 
     def fn(flat, x):
-        return model.forward(jax.tree_util.tree_unflatten(treedef, flat), model.state, x, train=False, rng=None)[0]
+        return model.apply_fn(jax.tree_util.tree_unflatten(treedef, flat), x)
 
     closed = jax.make_jaxpr(fn)([jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in leaves], spec)
     jaxpr = closed.jaxpr

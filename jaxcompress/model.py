@@ -172,9 +172,7 @@ def from_linen(module: nn.Module, variables: dict, *, train_kwarg: str | None = 
         try:
             if train and mutable:
                 out, upd = call_inputs(lambda *a, **k: module.apply(v, *a, mutable=list(mutable), **k, **kw), inputs)
-                new = {**state, **upd}
-                check_state(new, state, type(module).__name__)
-                return out, new
+                return out, {**state, **upd}
             return call_inputs(lambda *a, **k: module.apply(v, *a, **k, **kw), inputs), state
         except flax.errors.InvalidRngError as e:
             raise ValueError(f"{type(module).__name__} needs an RNG stream in this mode but none was given "

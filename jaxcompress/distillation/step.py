@@ -186,7 +186,7 @@ class DistillStep:
         outs = []
         for t, m, a in zip(teachers, self.teachers, args):
             p, s = a if _is_stateful(t) else (a, {})
-            out = m.forward(p, s, x, train=False, rng=None)[0]
+            out = m.apply_fn(p, x, s)
             outs.append(_as_outputs(out, () if self.multi else self.loss.teacher_features, "teacher"))
         return jax.lax.stop_gradient(outs)
 
@@ -342,8 +342,8 @@ def precompute_teacher_logits(teacher: Model | Callable, teacher_params, x, batc
     n = num_examples(x)
     if n == 0:
         raise ValueError("cannot precompute teacher logits for an empty input set")
-    fwd = jax.jit(lambda p, s, xx: m.forward(p, s, xx, train=False, rng=None)[0])
-    return np.concatenate([np.asarray(fwd(p, s, jax.tree.map(lambda a: a[i:i + batch_size], x)), np.float32)
+    fwd = jax.jit(m.apply_fn)
+    return np.concatenate([np.asarray(fwd(p, jax.tree.map(lambda a: a[i:i + batch_size], x), s), np.float32)
                            for i in range(0, n, batch_size)])
 
 

@@ -189,7 +189,7 @@ def integer_apply(model, artifact, act_ranges: dict | None = None, act_spec: Qua
 
     def run(x):
         ops.clear()
-        out = hooked.forward(params, state, x, train=False, rng=None)[0]
+        out = hooked.apply_fn(params, x, state)
         done = {f"{prefix}{layer}/kernel" for layer in ops}
         missing = [p for p in qarrays if p not in done]
         if missing:

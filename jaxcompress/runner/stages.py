@@ -212,12 +212,12 @@ def run_other(ctx: Context, name: str, outputs: dict) -> Output:
 
 def latency(model: Model, inputs, repeats: int) -> float:
     """Median seconds of one jitted eval-mode forward pass of ``model`` (its params and state) on ``inputs``."""
-    f = jax.jit(lambda p, st, x: model.forward(p, st, x, train=False, rng=None)[0])
-    jax.block_until_ready(f(model.params, model.state, inputs))
+    f = jax.jit(model.apply_fn)
+    jax.block_until_ready(f(model.params, inputs, model.state))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(f(model.params, model.state, inputs))
+        jax.block_until_ready(f(model.params, inputs, model.state))
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 

@@ -119,10 +119,8 @@ def nm_mask(scores: jax.Array, n: int, m: int, axis: int | None = None) -> jax.A
     check_nm(n, m)
     scores = jnp.asarray(scores)
     check_no_nan([scores])
-    if axis is None:
-        if scores.ndim >= 3:
-            raise ValueError(f"N:M on scores of shape {scores.shape} needs an explicit axis (ndim >= 3 is ambiguous)")
-        axis = 0
+    if axis is None:  # the one rule of jaxcompress.layout: 2-D is (in, out), ndim >= 3 is ambiguous
+        axis = jlayout.axes_of("scores", scores.shape, None).group_axis
     if not -scores.ndim <= axis < scores.ndim:
         raise ValueError(f"axis {axis} out of range for scores of shape {scores.shape}")
     length = scores.shape[axis]

@@ -55,66 +55,19 @@ class WeightLayout(NamedTuple):
 
 Layout = dict  # {path: WeightLayout}
 
-# ops a weight passes through unchanged (axis for axis) on its way to the matmul
-_PASS = {"convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier"}
-_CALLS = {"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call", "custom_vjp_call",
-          "custom_vjp_call_jaxpr", "custom_lin"}
 
-
-def _inner_jaxpr(eqn):
-    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-        j = eqn.params.get(key)
-        if j is not None:
-            return j.jaxpr if hasattr(j, "jaxpr") else j
-    return None
-
-
-def _record(found: dict, path: str, entry: WeightLayout):
-    old = found.get(path)
-    if old is None:
-        found[path] = entry
-    elif old != entry:
-        found[path] = "conflict"
-
-
-def _walk(jaxpr, src: dict, found: dict, gathered: set):
-    """``src`` maps a jaxpr var to ``(path, perm)``: axis ``i`` of the var is axis ``perm[i]`` of the param."""
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        ins = [src.get(v) if not hasattr(v, "val") else None for v in eqn.invars]
-        if not any(ins):
-            continue
-        if name in _PASS:
-            src[eqn.outvars[0]] = ins[0]
-        elif name == "transpose":
-            path, perm = ins[0]
-            src[eqn.outvars[0]] = (path, tuple(perm[i] for i in eqn.params["permutation"]))
-        elif name in _CALLS or _inner_jaxpr(eqn) is not None and name not in ("scan", "while", "cond"):
-            inner = _inner_jaxpr(eqn)
-            if inner is None:
-                continue
-            sub = {iv: s for iv, s in zip(inner.invars, ins) if s is not None}
-            _walk(inner, sub, found, gathered)
-        elif name == "dot_general":
-            (lc, rc), _ = eqn.params["dimension_numbers"]
-            for operand, contract in ((0, lc), (1, rc)):
-                if ins[operand] is None:
-                    continue
-                path, perm = ins[operand]
-                nd = len(perm)
-                cin = tuple(sorted(perm[a] for a in contract))
-                outs = tuple(sorted(perm[a] for a in range(nd) if a not in contract))
-                grp = perm[max(contract)] if contract else -1
-                _record(found, path, WeightLayout(cin, outs, grp, "dot_general"))
-        elif name == "conv_general_dilated" and ins[1] is not None:
-            path, perm = ins[1]
-            rhs = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
-            _record(found, path, WeightLayout(tuple(sorted(perm[a] for a in rhs[1:])), (perm[rhs[0]],),
-                                              perm[rhs[1]], "conv"))
-        elif name in ("gather", "dynamic_slice", "take"):
-            for s in ins:
-                if s is not None:
-                    gathered.add(s[0])
+def site_layout(site) -> WeightLayout:
+    """The :class:`WeightLayout` of the param an :class:`~jaxcompress.interception.Site` reads."""
+    perm, nd = site.perm, len(site.perm)
+    if site.op == "conv":
+        rhs = site.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
+        return WeightLayout(tuple(sorted(perm[a] for a in rhs[1:])), (perm[rhs[0]],), perm[rhs[1]], "conv")
+    (lc, rc), (lb, rb) = site.params["dimension_numbers"]
+    contract, batch = (lc, lb) if site.weight == 0 else (rc, rb)
+    cin = tuple(sorted(perm[a] for a in contract))
+    outs = tuple(sorted(perm[a] for a in range(nd) if a not in contract and a not in batch))
+    grp = perm[max(contract)] if contract else -1
+    return WeightLayout(cin, outs, grp, "dot_general")
 
 
 def trace(model, inputs, params=None) -> Layout:
@@ -129,24 +82,25 @@ def trace(model, inputs, params=None) -> Layout:
     Returns:
       ``{path: WeightLayout}`` for the weight operands, in flattening order. A param that is
       also gathered from (a tied embedding) is left out, as is one used with two different
-      layouts.
+      layouts or with batch dimensions (a per-head weight of a batched ``dot_general``).
     """
+    from jaxcompress.interception import intercept
     from jaxcompress.model import as_model
 
     model = as_model(model, params)
     params = model.params if params is None else params
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    names = [p for p, _ in jtree.named_leaves(params)]
-    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), inputs)
-
-    def fn(flat, x):
-        return model.apply_fn(jax.tree_util.tree_unflatten(treedef, flat), x)
-
-    closed = jax.make_jaxpr(fn)([jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in leaves], spec)
-    jaxpr = closed.jaxpr
-    src = {v: (n, tuple(range(len(np.shape(a))))) for v, n, a in zip(jaxpr.invars[: len(leaves)], names, leaves)}
     found, gathered = {}, set()
-    _walk(jaxpr, src, found, gathered)
+
+    def hook(site, lhs, rhs, default):
+        entry = site_layout(site)
+        batched = site.op == "dot_general" and site.params["dimension_numbers"][1][site.weight]
+        old = found.get(site.path)
+        found[site.path] = entry if (old is None or old == entry) and not batched else "conflict"
+        return default()
+
+    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), (params, inputs))
+    jax.eval_shape(intercept(model.apply_fn, hook, on_trace=gathered.update), *spec)
+    names = [p for p, _ in jtree.named_leaves(params)]
     return {n: found[n] for n in names if n in found and found[n] != "conflict" and n not in gathered}
 
 

@@ -1,0 +1,421 @@
+"""The sequential driver: compress a model block by block, each block calibrated on the compressed prefix.
+
+:func:`sequential` finds the blocks (a regex over module paths, matched in full: ``r"layer_\\d+"``,
+``r"blocks/\\d+"``; or ``blocks=None``: the whole model is one block), records the inputs of the
+first block on every calibration batch, and then for block ``l``:
+
+1. collects the statistics of every weight op inside the block (:mod:`.capture`) on its inputs;
+2. ``compress(name, block_params, stats)`` returns the block's new params;
+3. runs the *compressed* block on its inputs: its outputs are the inputs of block ``l + 1``.
+
+So the inputs of block ``l`` come from the model whose blocks ``< l`` are already compressed and
+are carried forward (one block forward per block, never a rerun of the prefix). The carried
+inputs are kept in memory up to ``max_carry_bytes`` and spilled to a temporary directory beyond,
+so memory does not grow with the number of calibration batches.
+
+Carrying forward assumes what transformer stacks do: block ``l + 1`` receives block ``l``'s output
+as its first argument and the same other arguments as block 0 (attention mask, flags). This is
+checked on the first batch against the real forward pass; a model that does otherwise gets a
+``ValueError`` naming the block (pass ``carry=False``: each block's inputs are then recorded by
+running the model with the compressed prefix).
+
+Blocks are ``__call__`` s of linen submodules (``nn.intercept_methods``) or NNX submodules; a
+:func:`~jaxcompress.model.from_apply` model has no modules, so only ``blocks=None`` applies.
+Weights outside every block (embeddings, a final head) are left as they are.
+
+>>> import jax, jax.numpy as jnp, flax.linen as nn
+>>> from jaxcompress.model import from_linen
+>>> class Block(nn.Module):
+...     @nn.compact
+...     def __call__(self, x):
+...         return x + nn.tanh(nn.Dense(4)(x))
+>>> class Net(nn.Module):
+...     @nn.compact
+...     def __call__(self, x):
+...         for i in range(3):
+...             x = Block(name=f"layer_{i}")(x)
+...         return x
+>>> net = Net(); x = jnp.ones((2, 4))
+>>> m = from_linen(net, net.init(jax.random.key(0), x))
+>>> seen = []
+>>> def compress(name, p, stats):
+...     seen.append((name, sorted(stats)))
+...     return jax.tree.map(lambda w: w * 0.5, p)
+>>> out = sequential(m, [x], compress, ("hessian",), blocks=r"layer_\\d+")
+>>> seen
+[('layer_0', ['Dense_0/kernel']), ('layer_1', ['Dense_0/kernel']), ('layer_2', ['Dense_0/kernel'])]
+>>> bool(jnp.all(out["layer_2"]["Dense_0"]["kernel"] == m.params["layer_2"]["Dense_0"]["kernel"] * 0.5))
+True
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from typing import Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxcompress import tree as jtree
+from jaxcompress.calibration import capture
+from jaxcompress.model import Model, as_model, call_inputs
+
+
+class _Stop(Exception):
+    pass
+
+
+class Block(NamedTuple):
+    """One block: its module path (``"layer_3"``), and ``fn(block_params, (args, kwargs))`` that runs it alone."""
+
+    name: str
+    keys: tuple
+    fn: Callable
+
+
+# ----------------------------------------------------------------------------- params subtrees
+
+
+def _keystr(keys) -> str:
+    return "/".join(str(k) for k in keys)
+
+
+def subtree(params, keys: tuple):
+    """The params of the module at ``keys`` (a linen dict or an ``nnx.State``)."""
+    node = params
+    for k in keys:
+        node = node[k]
+    return node
+
+
+def replace_subtree(params, keys: tuple, sub):
+    """``params`` with the subtree at ``keys`` replaced by ``sub`` (same structure)."""
+    prefix = _keystr(keys) + "/"
+    new = iter(jax.tree_util.tree_leaves(sub))
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    leaves = [next(new) if (jtree.path_str(p) + "/").startswith(prefix) else x for p, x in flat]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def _split_args(args, kwargs):
+    """Array leaves (traced / stored) and a function rebuilding ``(args, kwargs)`` with the static rest."""
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    is_arr = [isinstance(x, (jax.Array, np.ndarray)) for x in leaves]
+    static = [None if a else x for x, a in zip(leaves, is_arr)]
+
+    def rebuild(arrays):
+        it = iter(arrays)
+        return jax.tree_util.tree_unflatten(treedef, [next(it) if a else s for a, s in zip(is_arr, static)])
+
+    return [x for x, a in zip(leaves, is_arr) if a], rebuild
+
+
+# ----------------------------------------------------------------------------- linen / NNX blocks
+
+
+def _match(pattern: str, paths: list[str], what: str) -> list[str]:
+    rx = re.compile(pattern)
+    hits = [p for p in paths if rx.fullmatch(p)]
+    outer = [p for p in hits if not any(p != q and p.startswith(q + "/") for q in hits)]
+    if not outer:
+        raise ValueError(f"blocks={pattern!r} matches no module path of the {what}; its module paths: "
+                         f"{paths[:60]}{' ...' if len(paths) > 60 else ''}")
+    return outer
+
+
+class _Linen:
+    def __init__(self, model: Model):
+        self.model = model
+
+    def calls(self, inputs) -> list[str]:
+        order: list[str] = []
+
+        def icpt(next_fun, args, kwargs, ctx):
+            if ctx.method_name == "__call__" and ctx.module.path:
+                order.append(_keystr(ctx.module.path))
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(icpt):
+            jax.eval_shape(self.model.apply_fn, self.model.params, inputs)
+        return order
+
+    def capture(self, params, inputs, names: list[str], stop: str | None):
+        """``{name: (arrays, rebuild, module)}`` of the blocks' inputs in one forward (up to ``stop``)."""
+        rec: dict = {}
+
+        def icpt(next_fun, args, kwargs, ctx):
+            name = _keystr(ctx.module.path)
+            if ctx.method_name == "__call__" and name in names and name not in rec:
+                arrays, rebuild = _split_args(args, kwargs)
+                rec[name] = (arrays, rebuild, ctx.module.clone(parent=None), tuple(ctx.module.path))
+                if name == stop:
+                    raise _Stop
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(icpt):
+            try:
+                self.model.apply_fn(params, inputs)
+            except _Stop:
+                pass
+        return rec
+
+    def block_fn(self, module, keys):
+        state = {c: subtree(v, keys) for c, v in self.model.state.items() if _has(v, keys)}
+
+        def fn(bparams, args_kwargs):
+            args, kwargs = args_kwargs
+            return module.apply({"params": bparams, **state}, *args, **kwargs)
+
+        return fn
+
+
+def _has(tree, keys) -> bool:
+    try:
+        subtree(tree, keys)
+        return True
+    except (KeyError, TypeError, IndexError):
+        return False
+
+
+class _Nnx:
+    def __init__(self, model: Model):
+        self.model = model
+        self.subs = {_keystr(p): (p, s) for p, s in nnx.iter_modules(model.module) if p}
+
+    def _hooked(self, names, on_call):
+        """A copy of the module whose submodules ``names`` call ``on_call(name, module, args, kwargs)`` first."""
+        from jaxcompress.model import from_nnx
+
+        copy = nnx.merge(*nnx.split(self.model.module))
+        for p, s in nnx.iter_modules(copy):
+            name = _keystr(p)
+            if p and name in names:
+                base = type(s)
+
+                def call(self_, *args, _n=name, _b=base, **kwargs):
+                    on_call(_n, self_, args, kwargs)
+                    return _b.__call__(self_, *args, **kwargs)
+
+                s.__class__ = type(base.__name__, (base,), {"__call__": call})
+        return from_nnx(copy)
+
+    def calls(self, inputs) -> list[str]:
+        order: list[str] = []
+        hooked = self._hooked(set(self.subs), lambda n, m, a, k: order.append(n))
+        jax.eval_shape(lambda p, x: hooked.forward(p, self.model.state, x, train=False)[0], self.model.params, inputs)
+        return order
+
+    def capture(self, params, inputs, names, stop):
+        rec: dict = {}
+
+        def on_call(name, mod, args, kwargs):
+            if name not in rec:
+                arrays, rebuild = _split_args(args, kwargs)
+                rec[name] = (arrays, rebuild, None, self.subs[name][0])
+                if name == stop:
+                    raise _Stop
+
+        hooked = self._hooked(set(names), on_call)
+        try:
+            hooked.forward(params, self.model.state, inputs, train=False)
+        except _Stop:
+            pass
+        return rec
+
+    def block_fn(self, module, keys):
+        sub = self.subs[_keystr(keys)][1]
+        graphdef, _, state = nnx.split(sub, nnx.Param, ...)
+
+        def fn(bparams, args_kwargs):
+            args, kwargs = args_kwargs
+            m = nnx.merge(graphdef, bparams, state)
+            m.eval()
+            return m(*args, **kwargs)
+
+        return fn
+
+
+def _backend(model: Model, who: str):
+    if isinstance(model.module, nn.Module):
+        return _Linen(model)
+    if isinstance(model.module, nnx.Module):
+        return _Nnx(model)
+    raise ValueError(f"{who}: blocks need a linen or NNX module (jaxcompress.model.from_linen / from_nnx); "
+                     f"this model has none (from_apply): pass blocks=None to calibrate it as one block")
+
+
+def find_blocks(model, inputs, blocks: str) -> list[str]:
+    """The module paths ``blocks`` (a regex, matched in full) selects, outermost matches, in call order.
+
+    Raises:
+      ValueError: the regex matches no module path (the message lists them), or a block is
+        called more than once per forward (a shared block cannot be compressed in sequence).
+    """
+    model = as_model(model)
+    calls = _backend(model, "find_blocks").calls(inputs)
+    uniq = list(dict.fromkeys(calls))
+    names = _match(blocks, uniq, type(model.module).__name__)
+    for n in names:
+        if calls.count(n) > 1:
+            raise ValueError(f"block {n!r} is called {calls.count(n)} times per forward; blocks compressed in "
+                             f"sequence must run once (pick other blocks, or blocks=None)")
+    return names
+
+
+# ----------------------------------------------------------------------------- carried inputs
+
+
+class _Store:
+    """Per-batch block inputs: in memory up to ``max_bytes``, then ``.npy`` files in a temporary directory."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.used, self.items, self.dir = max_bytes, 0, [], None
+
+    def put(self, i: int, arrays: list):
+        arrays = [np.asarray(a) for a in arrays]
+        size = sum(a.nbytes for a in arrays)
+        if self.used + size <= self.max_bytes:
+            self.used += size
+            item = arrays
+        else:
+            if self.dir is None:
+                self.dir = tempfile.mkdtemp(prefix="jaxcompress-calib-")
+            item = []
+            for j, a in enumerate(arrays):
+                f = os.path.join(self.dir, f"{i}_{j}_{len(self.items)}.npy")
+                np.save(f, a)
+                item.append(f)
+        if i < len(self.items):
+            old = self.items[i]
+            self.used -= sum(a.nbytes for a in old if isinstance(a, np.ndarray))
+            for f in old:
+                if isinstance(f, str):
+                    os.remove(f)
+            self.items[i] = item
+        else:
+            self.items.append(item)
+
+    def get(self, i: int) -> list:
+        return [np.load(a) if isinstance(a, str) else a for a in self.items[i]]
+
+    def close(self):
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _close(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-4, atol=1e-5))
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+def sequential(model, batches: Sequence, compress: Callable, stats, *, blocks: str | None = None,
+               token_mask: Callable | None = None, where: Callable | None = None, carry: bool = True,
+               max_carry_bytes: int = 64 << 20, log: Callable[[str], None] | None = None):
+    """Compress ``model`` block by block; returns the new params (same structure as ``model.params``).
+
+    Args:
+      model: a :class:`~jaxcompress.model.Model` (linen or NNX; with ``blocks=None`` any form).
+      batches: calibration inputs (one structure and shape).
+      compress: ``compress(name, block_params, stats) -> block_params``: ``stats`` is
+        ``{path: {stat: value}}`` with paths relative to the block (:func:`.capture.collect`).
+      stats: the statistics every weight needs (``capture.STATS`` names) or ``{path: names}``
+        (paths relative to the block).
+      blocks: a regex over module paths (full match), or ``None``: the whole model, one block.
+      token_mask: ``token_mask(model_inputs) -> mask`` (e.g. the attention mask): rows of
+        activations whose leading dims are the mask's are kept where it is non-zero.
+      where: ``where(path) -> bool`` over full param paths: which weights are calibrated.
+      carry: carry block outputs forward (see the module docstring); ``False`` records each
+        block's inputs by running the model with the compressed prefix.
+      max_carry_bytes: carried inputs beyond this many bytes are spilled to a temporary directory.
+      log: optional progress callback.
+    """
+    model = as_model(model)
+    batches = capture.check_batches(batches)
+    if blocks is None:
+        st = capture.collect(model.apply_fn, model.params, batches, stats, token_mask=token_mask, where=where)
+        return compress("", model.params, st)
+    backend = _backend(model, "sequential")
+    names = find_blocks(model, batches[0], blocks)
+    masks = [None if token_mask is None else token_mask(b) for b in batches]
+    params = model.params
+    store, first = _Store(max_carry_bytes), None
+    try:
+        for i, b in enumerate(batches):  # inputs of block 0 (one forward up to it)
+            rec = backend.capture(params, b, names, names[0])
+            arrays, rebuild, module, keys = rec[names[0]]
+            store.put(i, arrays)
+            if first is None:
+                first = (rebuild, module, keys)
+        if carry:
+            _check_chain(backend, params, batches[0], names)
+        mods = backend.capture(params, batches[0], names, None) if carry else None
+        for li, name in enumerate(names):
+            if carry:
+                arrays0, rebuild, module, keys = mods[name]
+            else:
+                rec = None
+                for i, b in enumerate(batches):
+                    rec = backend.capture(params, b, names, name)
+                    store.put(i, rec[name][0])
+                _, rebuild, module, keys = rec[name]
+            fn = backend.block_fn(module, keys)
+            bparams = subtree(params, keys)
+            prefix = name + "/"
+            bwhere = None if where is None else (lambda p, _pre=prefix: where(_pre + p))
+            bstats = stats if not isinstance(stats, dict) else {k[len(prefix):]: v for k, v in stats.items()
+                                                                 if k.startswith(prefix)}
+            step = jax.jit(capture.statistics_fn(
+                lambda p, inp: fn(p, rebuild(inp[0])), bstats, token_mask=lambda inp: inp[1], where=bwhere))
+            acc = None
+            for i in range(len(batches)):
+                part = step(bparams, (store.get(i), masks[i]))
+                part = {p: {k: (jax.device_get(s) if k == "samples" else s) for k, s in v.items()}
+                        for p, v in part.items()}
+                acc = part if acc is None else {p: {k: capture._combine(acc[p][k], s) for k, s in v.items()}
+                                                for p, v in part.items()}
+            st = {p: {k: capture._finish(k, s) for k, s in v.items()} for p, v in (acc or {}).items()}
+            new = compress(name, bparams, st) if st else bparams
+            params = replace_subtree(params, keys, new)
+            if log:
+                log(f"  block {li + 1}/{len(names)} {name}: {len(st)} weights")
+            if carry and li + 1 < len(names):
+                run = jax.jit(lambda p, arrays: fn(p, rebuild(arrays)))
+                for i in range(len(batches)):
+                    arrays = store.get(i)
+                    out = run(new, arrays)
+                    nxt = list(arrays)
+                    nxt[0] = out
+                    store.put(i, nxt)
+        return params
+    finally:
+        store.close()
+
+
+def _check_chain(backend, params, batch, names):
+    """Block ``l + 1``'s first input is block ``l``'s output and its other inputs are block 0's (first batch)."""
+    rec = backend.capture(params, batch, names, None)
+    arrays0 = rec[names[0]][0]
+    for a, b in zip(names, names[1:]):
+        arrays, rebuild, module, keys = rec[a]
+        out = backend.block_fn(module, keys)(subtree(params, keys), rebuild(arrays))
+        nxt = rec[b][0]
+        if not (isinstance(out, jax.Array) and nxt and _close(out, nxt[0])) or len(nxt) != len(arrays0) or not all(
+                _close(x, y) for x, y in zip(nxt[1:], arrays0[1:])):
+            raise ValueError(f"block {b!r} does not take block {a!r}'s output as its first argument and block "
+                             f"{names[0]!r}'s other arguments, so its inputs cannot be carried forward; pass "
+                             f"carry=False (each block's inputs are then recorded on the compressed prefix)")
+
+
+__all__ = ["Block", "find_blocks", "sequential", "subtree", "replace_subtree"]

@@ -145,7 +145,8 @@ class _Linen:
             return next_fun(*args, **kwargs)
 
         with nn.intercept_methods(icpt):
-            jax.eval_shape(self.model.apply_fn, self.model.params, inputs)
+            # a fresh function: eval_shape caches traces by function, and the interceptor must run
+            jax.eval_shape(lambda p, x: self.model.apply_fn(p, x), self.model.params, inputs)
         return order
 
     def capture(self, params, inputs, names: list[str], stop: str | None):
@@ -278,7 +279,7 @@ class _Store:
     """Per-batch block inputs: in memory up to ``max_bytes``, then ``.npy`` files in a temporary directory."""
 
     def __init__(self, max_bytes: int):
-        self.max_bytes, self.used, self.items, self.dir = max_bytes, 0, [], None
+        self.max_bytes, self.used, self.items, self.dir, self.saved = max_bytes, 0, [], None, 0
 
     def put(self, i: int, arrays: list):
         arrays = [np.asarray(a) for a in arrays]
@@ -290,10 +291,11 @@ class _Store:
             if self.dir is None:
                 self.dir = tempfile.mkdtemp(prefix="jaxcompress-calib-")
             item = []
-            for j, a in enumerate(arrays):
-                f = os.path.join(self.dir, f"{i}_{j}_{len(self.items)}.npy")
+            for j, a in enumerate(arrays):  # a fresh name per put: the item replaced below is removed
+                f = os.path.join(self.dir, f"{i}_{j}_{self.saved}.npy")
                 np.save(f, a)
                 item.append(f)
+            self.saved += 1
         if i < len(self.items):
             old = self.items[i]
             self.used -= sum(a.nbytes for a in old if isinstance(a, np.ndarray))

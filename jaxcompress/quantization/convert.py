@@ -70,7 +70,17 @@ def unpack(packed, bits: int, shape) -> jax.Array:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class QArray:
-    """Integer codes (``values``, packed if ``packed``), ``scale``, ``zero_point`` + static metadata."""
+    """The one quantized-weight type: integer codes, scale, zero point, and what they mean.
+
+    Attributes:
+      values: the signed codes of ``spec`` (``grid.quantize``), packed by :func:`pack` if ``packed``.
+      scale, zero_point: ``spec.scale_shape(shape)`` (per tensor, per output position or per group).
+      shape: the weight's shape. spec: the grid (bits, symmetric, granularity, axes, group size).
+      packed: codes of 4 bits or fewer stored 2 (or 4) per byte.
+      in_scale: optional per-input-channel factor (shape broadcastable to ``shape``, 1 on the output
+        axes): the weight is ``dequantize(codes) * in_scale``. AWQ and SmoothQuant quantize
+        ``diag(s) W`` and store ``in_scale = 1 / s`` (an integer kernel scales its input by it).
+    """
 
     values: jax.Array
     scale: jax.Array
@@ -78,6 +88,7 @@ class QArray:
     shape: tuple = dataclasses.field(metadata=dict(static=True))
     spec: QuantSpec = dataclasses.field(metadata=dict(static=True))
     packed: bool = dataclasses.field(metadata=dict(static=True))
+    in_scale: jax.Array | None = None
 
     def codes(self) -> jax.Array:
         """The integer codes in the array's shape (int8/int16)."""
@@ -86,12 +97,14 @@ class QArray:
         return jnp.asarray(self.values).reshape(self.shape)
 
     def dequantize(self, dtype=jnp.float32) -> jax.Array:
-        return grid.dequantize(self.codes(), self.spec, self.scale, self.zero_point, dtype)
+        w = grid.dequantize(self.codes(), self.spec, self.scale, self.zero_point, jnp.float32)
+        return (w if self.in_scale is None else w * self.in_scale).astype(dtype)
 
     @property
     def nbytes(self) -> int:
         z = 0 if self.spec.symmetric else self.zero_point.size * self.zero_point.dtype.itemsize
-        return int(self.values.size * self.values.dtype.itemsize + self.scale.size * 4 + z)
+        extra = 0 if self.in_scale is None else self.in_scale.size * 4
+        return int(self.values.size * self.values.dtype.itemsize + self.scale.size * 4 + z + extra)
 
 
 def _is_q(x) -> bool:
@@ -104,14 +117,19 @@ def quantize_array(w, spec: QuantSpec, scale=None, zero_point=None, observer: st
         scale, zero_point = weight_scale_zero_point(w, spec, None, observer)
     if zero_point is None:
         zero_point = jnp.zeros_like(scale)
-    q = np.asarray(grid.quantize(w, spec, scale, zero_point))
-    if spec.bits <= 4:
-        vals = pack(q, spec.bits)
-    else:
-        vals = q.astype(storage_dtype(spec.bits))
+    return from_codes(grid.quantize(w, spec, scale, zero_point), spec, scale, zero_point)
+
+
+def from_codes(codes, spec: QuantSpec, scale, zero_point, in_scale=None) -> QArray:
+    """A :class:`QArray` of given signed ``codes`` (the weight's shape) on the grid ``(spec, scale, zero_point)``.
+
+    The one constructor: codes of ``bits <= 4`` are packed (:func:`pack`), others stored as int8/int16.
+    """
+    q = np.asarray(codes)
+    vals = pack(q, spec.bits) if spec.bits <= 4 else q.astype(storage_dtype(spec.bits))
     zp = np.asarray(zero_point, np.float32).astype(storage_dtype(spec.bits))
-    return QArray(jnp.asarray(vals), jnp.asarray(scale, jnp.float32), jnp.asarray(zp), tuple(w.shape), spec,
-                  spec.bits <= 4)
+    return QArray(jnp.asarray(vals), jnp.asarray(scale, jnp.float32), jnp.asarray(zp), tuple(q.shape), spec,
+                  spec.bits <= 4, None if in_scale is None else jnp.asarray(in_scale, jnp.float32))
 
 
 def _is_variables(tree, layout) -> bool:
@@ -164,6 +182,8 @@ def save(path: str, artifact) -> int:
             arrays[p + "::scale"] = np.asarray(x.scale)
             if not x.spec.symmetric:
                 arrays[p + "::zero_point"] = np.asarray(x.zero_point)
+            if x.in_scale is not None:
+                arrays[p + "::in_scale"] = np.asarray(x.in_scale)
             meta[p] = {"kind": "q", "shape": list(x.shape), "spec": _spec_dict(x.spec), "packed": x.packed,
                        "zp_shape": list(x.zero_point.shape), "zp_dtype": str(np.asarray(x.zero_point).dtype)}
         else:
@@ -189,8 +209,9 @@ def load(path: str, like=None):
             spec = QuantSpec(**m["spec"])
             zp = (jnp.asarray(z[p + "::zero_point"]) if p + "::zero_point" in z.files
                   else jnp.zeros(m["zp_shape"], m["zp_dtype"]))
+            ins = jnp.asarray(z[p + "::in_scale"]) if p + "::in_scale" in z.files else None
             flat[p] = QArray(jnp.asarray(z[p + "::values"]), jnp.asarray(z[p + "::scale"]), zp,
-                             tuple(m["shape"]), spec, m["packed"])
+                             tuple(m["shape"]), spec, m["packed"], ins)
     if like is not None:
         missing = set(jtree.paths(like)) ^ set(flat)
         if missing:

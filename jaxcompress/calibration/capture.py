@@ -126,7 +126,7 @@ def _partial(kind: str, rows, m, max_samples: int):
         keep = jnp.ones(x.shape[0], bool) if m is None else m > 0
         return {"min": jnp.min(jnp.where(keep[:, None], x, jnp.inf)), "max": jnp.max(jnp.where(keep[:, None], x, -jnp.inf))}
     if kind == "samples":
-        stride = max(1, x.size // max_samples)
+        stride = max(1, -(-x.size // max_samples))  # ceil: at most max_samples values
         keep = jnp.ones(x.shape[0], bool) if m is None else m > 0
         flat = jnp.where(keep[:, None], x, jnp.nan).reshape(-1)
         return {"values": flat[::stride]}

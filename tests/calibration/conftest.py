@@ -117,7 +117,7 @@ def token_batches(n: int = 3, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def batches():
-    return token_batches()
+    return token_batches(2)
 
 
 def linen_encoder(twice: bool = False):

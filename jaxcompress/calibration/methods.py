@@ -29,7 +29,8 @@ the whole model). Weights are the operands of the model's ``dot_general`` / ``co
 (:func:`jaxcompress.layout.trace`; embeddings and biases are never touched), optionally narrowed
 by ``where(path) -> bool``. Each weight is solved in its canonical ``(K, N)`` view
 (:func:`.capture.kernel_2d`), so Dense, DenseGeneral, ``x @ w``, einsum and conv kernels alike.
-Per-group grids and N:M groups need a weight with one input axis (a ``ValueError`` names any other).
+Per-group grids need a weight with one input axis; N:M groups run along the input-channel axis (a
+``ValueError`` names any weight that does not fit).
 
 >>> import jax, jax.numpy as jnp, flax.linen as nn
 >>> from jaxcompress.model import from_linen
@@ -138,10 +139,16 @@ def _check_groups(path, wl, group_size):
                          f"{wl.inputs} (a conv or multi-axis projection): use group_size=None or exclude it with where=")
 
 
-def _check_nm(path, wl, nm):
-    if nm is not None and len(wl.inputs) != 1:
-        raise ValueError(f"nm={tuple(nm)} needs a weight with one input axis; {path!r} has input axes {wl.inputs} "
-                         f"(a conv or multi-axis projection): use unstructured sparsity or exclude it with where=")
+def _check_nm(path, wl, nm, shape):
+    """N:M groups of the canonical view are ``m`` consecutive entries of the innermost input axis: they must be
+    the layout's group axis (the input channels of a conv, ``head_dim`` of an out-projection) and ``m`` divide it."""
+    if nm is None:
+        return
+    g = wl.group_axis
+    if g != max(wl.inputs) or shape[g] % nm[1]:
+        raise ValueError(f"nm={tuple(nm)} runs along the input-channel axis {g} of {path!r} (shape {tuple(shape)}, "
+                         f"input axes {wl.inputs}): it must be the innermost input axis and divisible by {nm[1]}; "
+                         f"use unstructured sparsity or exclude it with where=")
 
 
 def _run(model, batches, lay, stats, solve, blocks, token_mask, carry, log):
@@ -351,7 +358,7 @@ def sparsegpt(model, batches: Sequence, *, sparsity: float = 0.5, nm: tuple[int,
 
     def solve(path, w2, wl, st, shape):
         _check_groups(path, wl, group_size)
-        _check_nm(path, wl, nm)
+        _check_nm(path, wl, nm, shape)
         _check_h(path, st["hessian"], damp)
         sol = fn(w2, st["hessian"])
         e = {"mask": capture.kernel_from_2d(sol.mask, wl, shape)}
@@ -377,7 +384,7 @@ def wanda(model, batches: Sequence, *, sparsity: float = 0.5, nm: tuple[int, int
     fn = jax.jit(lambda w, sq: _score_prune(w, jnp.sqrt(sq), sparsity, nm))
 
     def solve(path, w2, wl, st, shape):
-        _check_nm(path, wl, nm)
+        _check_nm(path, wl, nm, shape)
         k, mask = fn(w2, st["sqnorm"])
         return k, {"mask": capture.kernel_from_2d(mask, wl, shape)}
 
@@ -392,7 +399,7 @@ def magnitude(model, batches: Sequence, *, sparsity: float = 0.5, nm: tuple[int,
     fn = jax.jit(lambda w: _score_prune(w, None, sparsity, nm))
 
     def solve(path, w2, wl, st, shape):
-        _check_nm(path, wl, nm)
+        _check_nm(path, wl, nm, shape)
         k, mask = fn(w2)
         return k, {"mask": capture.kernel_from_2d(mask, wl, shape)}
 

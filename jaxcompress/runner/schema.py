@@ -38,7 +38,7 @@ STAGES = {
     "evaluate": dict(type="evaluate", reference="", latency_batch=128, latency_repeats=20, latency_length=128),
     # sentence-encoder pipelines (dataset "stdlib_text"; see jaxcompress.runner.text_stages)
     "encoder": dict(type="encoder", weights="minilm", model_kw={}, n_eval=1000, n_calib=256, calib_length=64),
-    "w8a8": dict(type="w8a8", input="", activations="token", observer="minmax"),
+    "w8a8": dict(type="w8a8", input="", activations="token", observer="minmax", smooth_alpha=0.5),
     "weight_quant": dict(type="weight_quant", input="", method="gptq", bits=4, group_size=128, damp=0.01),
     "oneshot_prune": dict(type="oneshot_prune", input="", score="wanda", sparsity=0.5, nm=()),
     "layer_distill": dict(type="layer_distill", input="", layers=(1, 3, 5), steps=400, lr=2e-4, batch_size=32,
@@ -152,7 +152,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 def _validate_text(cfg: ml_collections.ConfigDict, name: str, stages: list[str]) -> None:
     """Values of a sentence-encoder stage (see :mod:`jaxcompress.runner.text_stages`)."""
-    from jaxcompress import bert_compress
+    from jaxcompress.runner import text_stages
     from jaxcompress.quantization.observers import OBSERVERS
 
     s, typ = cfg[name], cfg[name].type
@@ -169,15 +169,16 @@ def _validate_text(cfg: ml_collections.ConfigDict, name: str, stages: list[str])
            f"names stage {s.input!r} of type {cfg[s.input].type!r}, whose weights are already quantized; "
            "start from an encoder, oneshot_prune or layer_distill stage")
     if typ == "w8a8":
-        choice("activations", bert_compress.ACTIVATIONS)
+        choice("activations", text_stages.ACTIVATIONS)
         choice("observer", OBSERVERS)
+        _check(0.0 <= s.smooth_alpha <= 1.0, f"{name}.smooth_alpha", f"must be in [0, 1], got {s.smooth_alpha}")
     elif typ == "weight_quant":
-        choice("method", bert_compress.METHODS)
+        choice("method", text_stages.METHODS)
         _check(2 <= s.bits <= 8, f"{name}.bits", f"must be in [2, 8], got {s.bits}")
         _check(s.group_size >= 0, f"{name}.group_size", f"must be >= 0 (0 = per channel), got {s.group_size}")
         _check(s.damp > 0, f"{name}.damp", f"must be positive, got {s.damp}")
     elif typ == "oneshot_prune":
-        choice("score", bert_compress.SCORES)
+        choice("score", text_stages.SCORES)
         _check(0.0 <= s.sparsity < 1.0, f"{name}.sparsity", f"must be in [0, 1), got {s.sparsity}")
         _check(len(s.nm) == 0 or (len(s.nm) == 2 and 0 < s.nm[0] < s.nm[1]), f"{name}.nm",
                f"must be () (unstructured) or (n, m) with 0 < n < m, got {tuple(s.nm)}")

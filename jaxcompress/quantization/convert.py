@@ -18,6 +18,31 @@ an ``.npz`` (no pickle) whose ``__meta__`` entry is JSON; ``load`` reads it back
 >>> art = convert(v, QuantSpec(bits=8))                    # a linen variables dict: params converted
 >>> type(art["params"]["d"]["kernel"]).__name__, type(art["batch_stats"]["bn"]["mean"]).__name__
 ('QArray', 'ArrayImpl')
+
+Sparsity encoding (``save``): every float leaf and the codes of every QArray that are not
+bit-packed (int8 / int16) are stored either dense or, when that makes the file smaller, as
+``{nonzero values, bitmask}``: the entries whose bits are not all zero in row-major order
+(``-0.0`` counts as non-zero, so the round trip is bit-exact) plus ``np.packbits`` of the
+flattened non-zero mask (1 bit per entry). A pruned kernel (50 % unstructured or 2:4) thus
+costs about ``(1 - sparsity) + 1/(8 * itemsize)`` of its dense bytes (zeros of an asymmetric grid
+are the code ``zero_point``, not 0, so there only symmetric codes shrink). Packed (<= 4-bit)
+codes, scales, zero points and ``in_scale`` are stored as they are. ``__meta__`` records per
+leaf the encoding, shape and dtype (``"enc": "dense" | "bitmask"``; for a QArray under
+``"values"``); a dtype the ``.npy`` format does not keep (bfloat16) is stored as its bits;
+``load`` checks them against the stored arrays and raises ``ValueError`` naming the file and
+the leaf for a missing array or a disagreeing shape. Files written without this record
+(all dense) still load.
+
+>>> import os, tempfile
+>>> w = jnp.where(jnp.arange(64 * 64).reshape(64, 64) % 2 == 0, 1.5, 0.0)   # 50 % zeros
+>>> d = tempfile.mkdtemp()
+>>> sparse_bytes = save(os.path.join(d, "s.npz"), {"d": {"kernel": w}})
+>>> dense_bytes = save(os.path.join(d, "f.npz"), {"d": {"kernel": w}}, sparse=False)
+>>> sparse_bytes < 0.6 * dense_bytes
+True
+>>> back = load(os.path.join(d, "s.npz"))["d"]["kernel"]
+>>> bool((back == w).all()), back.dtype, back.shape
+(True, dtype('float32'), (64, 64))
 """
 
 from __future__ import annotations
@@ -173,22 +198,107 @@ def _spec_dict(s: QuantSpec) -> dict:
     return dataclasses.asdict(s)
 
 
-def save(path: str, artifact) -> int:
-    """Write ``artifact`` to ``path`` (``.npz``, no pickle); returns the file size in bytes."""
+_MEMBER_BYTES = 232  # what one more array costs in an .npz beyond its data and 2x its name (zip64 + npy header)
+
+
+def _member_bytes(key: str) -> int:
+    return _MEMBER_BYTES + 2 * len(key + ".npy")
+
+
+def _storable(a: np.ndarray) -> np.ndarray:
+    """``a`` itself if the .npy format keeps its dtype, else its bits as unsigned ints (e.g. bfloat16)."""
+    fmt = np.lib.format
+    if a.dtype.kind == "V" or fmt.descr_to_dtype(fmt.dtype_to_descr(a.dtype)) != a.dtype:
+        return a.view(np.dtype(f"u{a.dtype.itemsize}"))
+    return a
+
+
+def _nonzero_mask(a: np.ndarray) -> np.ndarray | None:
+    """Flat mask of the entries whose bits are not all zero (``-0.0`` is non-zero); ``None`` if not viewable."""
+    if a.dtype.itemsize not in (1, 2, 4, 8) or a.dtype.kind == "O" or a.dtype.fields is not None:
+        return None
+    return np.ascontiguousarray(a).reshape(-1).view(np.dtype(f"u{a.dtype.itemsize}")) != 0
+
+
+def _put(arrays: dict, key: str, a, sparse: bool) -> dict:
+    """Store ``a`` under ``key`` dense or as ``key::nz`` + ``key::mask`` (whichever file is smaller); its meta."""
+    a = np.asarray(a)
+    meta = {"enc": "dense", "shape": list(a.shape), "dtype": str(a.dtype)}
+    mask = _nonzero_mask(a) if sparse else None
+    if mask is not None:
+        nz, bits = a.reshape(-1)[mask], np.packbits(mask)
+        cost = nz.nbytes + bits.nbytes + _member_bytes(key + "::nz") + _member_bytes(key + "::mask") + 2
+        if cost < a.nbytes + _member_bytes(key):
+            arrays[key + "::nz"], arrays[key + "::mask"] = _storable(nz), bits
+            return {**meta, "enc": "bitmask"}
+    arrays[key] = _storable(a)
+    return meta
+
+
+def _fail(path: str, leaf: str, msg: str):
+    raise ValueError(f"{path}: leaf {leaf!r}: {msg}")
+
+
+def _read(z, path: str, leaf: str, key: str) -> np.ndarray:
+    if key not in z.files:
+        _fail(path, leaf, f"array {key!r} is missing from the file")
+    return z[key]
+
+
+def _as_dtype(a: np.ndarray, dtype, path: str, leaf: str, key: str) -> np.ndarray:
+    if dtype is None or a.dtype == dtype:
+        return a
+    if a.dtype == _storable(np.empty(0, dtype)).dtype or a.dtype.kind == "V" and a.dtype.itemsize == dtype.itemsize:
+        return a.view(dtype)  # stored as its bits (a dtype the .npy format does not keep, e.g. bfloat16)
+    _fail(path, leaf, f"header dtype {dtype} but stored {key!r} has dtype {a.dtype}")
+
+
+def _get(z, path: str, leaf: str, key: str, m: dict | None) -> np.ndarray:
+    """The array :func:`_put` stored under ``key`` with meta ``m`` (``None``: an old, plain dense entry)."""
+    m = m or {"enc": "dense"}
+    dtype = np.dtype(m["dtype"]) if "dtype" in m else None
+    shape = tuple(m["shape"]) if "shape" in m else None
+    if m["enc"] == "dense":
+        a = _as_dtype(_read(z, path, leaf, key), dtype, path, leaf, key)
+        if shape is not None and a.shape != shape:
+            _fail(path, leaf, f"header shape {shape} but stored {key!r} has shape {a.shape}")
+        return a
+    if m["enc"] != "bitmask":
+        _fail(path, leaf, f"unknown encoding {m['enc']!r}")
+    nz = _as_dtype(_read(z, path, leaf, key + "::nz"), dtype, path, leaf, key + "::nz")
+    bits = _read(z, path, leaf, key + "::mask")
+    n = int(np.prod(shape))
+    if bits.dtype != np.uint8 or bits.shape != (-(-n // 8),):
+        _fail(path, leaf, f"header shape {shape} ({n} entries) needs a uint8 bitmask of {-(-n // 8)} bytes, "
+                          f"stored {key + '::mask'!r} has shape {bits.shape} and dtype {bits.dtype}")
+    mask = np.unpackbits(bits, count=n).astype(bool)
+    if nz.ndim != 1 or nz.size != int(mask.sum()):
+        _fail(path, leaf, f"bitmask marks {int(mask.sum())} non-zeros but stored {key + '::nz'!r} has shape {nz.shape}")
+    out = np.zeros(n, nz.dtype)
+    out[mask] = nz
+    return out.reshape(shape)
+
+
+def save(path: str, artifact, *, sparse: bool = True) -> int:
+    """Write ``artifact`` to ``path`` (``.npz``, no pickle); returns the file size in bytes.
+
+    ``sparse``: store float leaves and unpacked QArray codes as non-zero values + bitmask where
+    that is smaller (the module docstring); ``False`` stores everything dense.
+    """
     arrays, meta = {}, {}
     for p, x in jtree.named_leaves(artifact, is_leaf=_is_q):
         if _is_q(x):
-            arrays[p + "::values"] = np.asarray(x.values)
+            vm = _put(arrays, p + "::values", x.values, sparse and not x.packed)
             arrays[p + "::scale"] = np.asarray(x.scale)
             if not x.spec.symmetric:
                 arrays[p + "::zero_point"] = np.asarray(x.zero_point)
             if x.in_scale is not None:
                 arrays[p + "::in_scale"] = np.asarray(x.in_scale)
             meta[p] = {"kind": "q", "shape": list(x.shape), "spec": _spec_dict(x.spec), "packed": x.packed,
-                       "zp_shape": list(x.zero_point.shape), "zp_dtype": str(np.asarray(x.zero_point).dtype)}
+                       "zp_shape": list(x.zero_point.shape), "zp_dtype": str(np.asarray(x.zero_point).dtype),
+                       "values": vm}
         else:
-            arrays[p] = np.asarray(x)
-            meta[p] = {"kind": "f"}
+            meta[p] = {"kind": "f", **_put(arrays, p, x, sparse)}
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -197,21 +307,43 @@ def save(path: str, artifact) -> int:
     return os.path.getsize(path)
 
 
+def _load_q(z, path: str, p: str, m: dict) -> QArray:
+    spec = QuantSpec(**m["spec"])
+    shape = tuple(m["shape"])
+    vals = _get(z, path, p, p + "::values", m.get("values"))
+    n = int(np.prod(shape))
+    want = -(-n // _per_byte(spec.bits)) if m["packed"] else n
+    if vals.size != want:
+        _fail(path, p, f"header shape {shape} ({'packed ' if m['packed'] else ''}{want} codes) but stored "
+                       f"{p + '::values'!r} has shape {vals.shape}")
+    zp_shape = tuple(m["zp_shape"])
+    if spec.symmetric and p + "::zero_point" not in z.files:
+        zp = jnp.zeros(zp_shape, m["zp_dtype"])
+    else:
+        zp = _read(z, path, p, p + "::zero_point")
+        if zp.shape != zp_shape:
+            _fail(path, p, f"header zero-point shape {zp_shape} but stored {p + '::zero_point'!r} has shape {zp.shape}")
+        zp = jnp.asarray(zp)
+    ins = jnp.asarray(z[p + "::in_scale"]) if p + "::in_scale" in z.files else None
+    return QArray(jnp.asarray(vals), jnp.asarray(_read(z, path, p, p + "::scale")), zp, shape, spec, m["packed"], ins)
+
+
 def load(path: str, like=None):
-    """Read a :func:`save` d artifact; ``like`` (a params tree) restores its exact structure."""
+    """Read a :func:`save` d artifact; ``like`` (a params tree) restores its exact structure.
+
+    Raises ``ValueError`` (naming ``path`` and the leaf) when an array the header lists is
+    missing or its stored shape disagrees with the header.
+    """
     with np.load(path, allow_pickle=False) as z:
+        if "__meta__" not in z.files:
+            raise ValueError(f"{path}: no '__meta__' entry (not written by jaxcompress.quantization.save)")
         meta = json.loads(bytes(z["__meta__"]).decode())
         flat = {}
         for p, m in meta.items():
             if m["kind"] == "f":
-                flat[p] = jnp.asarray(z[p])
-                continue
-            spec = QuantSpec(**m["spec"])
-            zp = (jnp.asarray(z[p + "::zero_point"]) if p + "::zero_point" in z.files
-                  else jnp.zeros(m["zp_shape"], m["zp_dtype"]))
-            ins = jnp.asarray(z[p + "::in_scale"]) if p + "::in_scale" in z.files else None
-            flat[p] = QArray(jnp.asarray(z[p + "::values"]), jnp.asarray(z[p + "::scale"]), zp,
-                             tuple(m["shape"]), spec, m["packed"], ins)
+                flat[p] = jnp.asarray(_get(z, path, p, p, m if "enc" in m else None))
+            else:
+                flat[p] = _load_q(z, path, p, m)
     if like is not None:
         missing = set(jtree.paths(like)) ^ set(flat)
         if missing:

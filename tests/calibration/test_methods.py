@@ -128,3 +128,27 @@ def test_cnn_gptq_and_wanda_run_on_conv(cnn_model, images):
     assert np.all((k != 0).reshape(27, 8).sum(0) == 14)
     with pytest.raises(ValueError, match="input-channel axis 2 of 'conv/kernel'.*divisible by 4"):
         M.wanda(cnn_model, batch, nm=(2, 4))  # 3 input channels
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+def test_embeddings_and_save_load_round_trip(request, kind, tmp_path):
+    """int8 gather tables next to a method's weights; the stored file gives back the same model (linen / NNX)."""
+    model = _model(request, kind)
+    r = M.smoothquant(model, CALIB, alpha=0.5, blocks=BLOCKS[kind], token_mask=MASK)
+    r = M.embeddings(model, CALIB[0], r)
+    emb = "embed/embedding"
+    table = np.asarray(_leaves(model.params)[emb])
+    q = r.quantized[emb]
+    assert q.spec.bits == 8 and q.scale.shape == (table.shape[0], 1) and not set(WEIGHTS[kind]) - {"head/kernel"} - set(r.quantized)
+    np.testing.assert_allclose(np.asarray(q.scale)[:, 0], np.abs(table).max(1) / 127, rtol=1e-6)
+    assert np.abs(np.asarray(_leaves(r.params)[emb]) - table).max() <= np.asarray(q.scale).max() / 2 + 1e-7
+    path = str(tmp_path / "m.npz")
+    size = r.save(path)
+    back = M.Compressed.load(path, like=model.params)
+    assert size > 0 and jax.tree.structure(back.params) == jax.tree.structure(model.params)
+    assert sorted(back.quantized) == sorted(r.quantized) and sorted(back.act_scales) == sorted(r.act_scales)
+    fn, fb = jax.jit(M.integer_apply(model, r)), jax.jit(M.integer_apply(model, back))
+    for b in CALIB[:2]:
+        np.testing.assert_array_equal(np.asarray(fb(back.params, b)), np.asarray(fn(r.params, b)))
+    with pytest.raises(ValueError, match="differ"):
+        M.Compressed.load(path, like={"other": jnp.zeros(2)})

@@ -16,8 +16,9 @@ Statistics (``STATS``), each over the rows a ``token_mask`` keeps:
 * ``"absmax"`` - ``max_rows |x_j|`` ``(K,)`` (SmoothQuant, static per-tensor ranges);
 * ``"absmean"`` - ``mean_rows |x_j|`` ``(K,)`` (AWQ);
 * ``"minmax"`` - per-tensor ``(min, max)`` of the input (static activation ranges);
-* ``"samples"`` - a strided subsample (at most ``max_samples`` values per batch) of the kept
-  entries, for the histogram observers (``percentile``, ``mse``, ``entropy``).
+* ``"samples"`` - a strided subsample of the kept rows (whole rows, so every channel is seen; at
+  most ``max_samples`` values per batch, or one row if wider), for the histogram observers
+  (``percentile``, ``mse``, ``entropy``).
 
 K is ordered as the weight's input axes in the param's own axis order, so that
 ``rows @ W.transpose(inputs + outputs).reshape(K, N)`` is the op's output (:func:`kernel_2d`).
@@ -126,10 +127,11 @@ def _partial(kind: str, rows, m, max_samples: int):
         keep = jnp.ones(x.shape[0], bool) if m is None else m > 0
         return {"min": jnp.min(jnp.where(keep[:, None], x, jnp.inf)), "max": jnp.max(jnp.where(keep[:, None], x, -jnp.inf))}
     if kind == "samples":
-        stride = max(1, -(-x.size // max_samples))  # ceil: at most max_samples values
+        # whole rows, strided (a flat stride would see the same few channels of every row)
+        per = max(1, max_samples // x.shape[1])  # rows kept: at most max_samples values (one row at least)
+        stride = max(1, -(-x.shape[0] // per))
         keep = jnp.ones(x.shape[0], bool) if m is None else m > 0
-        flat = jnp.where(keep[:, None], x, jnp.nan).reshape(-1)
-        return {"values": flat[::stride]}
+        return {"values": jnp.where(keep[:, None], x, jnp.nan)[::stride].reshape(-1)}
     raise ValueError(f"unknown statistic {kind!r}; valid: {STATS}")
 
 
@@ -231,16 +233,25 @@ def collect(fn: Callable, params, batches: Iterable, stats, *, token_mask: Calla
     """
     batches = check_batches(batches)
     step = jax.jit(statistics_fn(fn, stats, token_mask=token_mask, where=where, max_samples=max_samples))
-    acc = None
-    for b in batches:
-        part = step(params, b)
-        if any("samples" in v for v in part.values()):
-            part = {p: {k: (jax.device_get(s) if k == "samples" else s) for k, s in v.items()} for p, v in part.items()}
-        acc = part if acc is None else {p: {k: _combine(acc[p][k], s) for k, s in v.items()} for p, v in part.items()}
-    if not acc:
+    st = accumulate(step(params, b) for b in batches)
+    if not st:
         raise ValueError("no dot_general / conv_general_dilated in the model reads a parameter as its weight "
                          "(or `where` excluded them all): nothing to calibrate")
-    return {p: {k: _finish(k, s) for k, s in v.items()} for p, v in acc.items()}
+    return st
 
 
-__all__ = ["STATS", "activation_rows", "kernel_2d", "kernel_from_2d", "statistics_fn", "collect", "check_batches"]
+def accumulate(parts: Iterable[dict]) -> dict:
+    """``{path: {stat: value}}`` from the per-batch outputs of a :func:`statistics_fn` step.
+
+    Partials are added on the device as they come (samples are moved to the host), so only
+    one batch's partials and the running totals are held.
+    """
+    acc = None
+    for part in parts:
+        part = {p: {k: (jax.device_get(s) if k == "samples" else s) for k, s in v.items()} for p, v in part.items()}
+        acc = part if acc is None else {p: {k: _combine(acc[p][k], s) for k, s in v.items()} for p, v in part.items()}
+    return {p: {k: _finish(k, s) for k, s in v.items()} for p, v in (acc or {}).items()}
+
+
+__all__ = ["STATS", "activation_rows", "kernel_2d", "kernel_from_2d", "statistics_fn", "accumulate", "collect",
+           "check_batches"]

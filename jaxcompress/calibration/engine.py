@@ -13,6 +13,11 @@ are carried forward (one block forward per block, never a rerun of the prefix). 
 inputs are kept in memory up to ``max_carry_bytes`` and spilled to a temporary directory beyond,
 so memory does not grow with the number of calibration batches.
 
+Everything runs compiled: the inputs are recorded by a jitted forward that stops at the block,
+and the statistics and forward of a block are jitted programs shared by every block that is an
+equal module called alike (identical layers compile once; a linen block is run as an unnamed
+clone, so its code should not depend on its own name).
+
 Carrying forward assumes what transformer stacks do: block ``l + 1`` receives block ``l``'s output
 as its first argument and the same other arguments as block 0 (attention mask, flags). This is
 checked on the first batch against the real forward pass; a model that does otherwise gets a
@@ -58,25 +63,16 @@ from typing import Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxcompress import tree as jtree
 from jaxcompress.calibration import capture
-from jaxcompress.model import Model, as_model, call_inputs
+from jaxcompress.model import Model, as_model
 
 
 class _Stop(Exception):
     pass
-
-
-class Block(NamedTuple):
-    """One block: its module path (``"layer_3"``), and ``fn(block_params, (args, kwargs))`` that runs it alone."""
-
-    name: str
-    keys: tuple
-    fn: Callable
 
 
 # ----------------------------------------------------------------------------- params subtrees
@@ -106,17 +102,29 @@ def replace_subtree(params, keys: tuple, sub):
 # ----------------------------------------------------------------------------- arguments
 
 
-def _split_args(args, kwargs):
-    """Array leaves (traced / stored) and a function rebuilding ``(args, kwargs)`` with the static rest."""
-    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
-    is_arr = [isinstance(x, (jax.Array, np.ndarray)) for x in leaves]
-    static = [None if a else x for x, a in zip(leaves, is_arr)]
+class _Call(NamedTuple):
+    """How a block is called, less its arrays: the ``(args, kwargs)`` structure and its static leaves.
 
-    def rebuild(arrays):
+    Hashable when the static leaves are, so that blocks called alike share compiled programs.
+    """
+
+    treedef: object
+    is_array: tuple
+    static: tuple  # the non-array leaves (None where an array goes)
+
+    def rebuild(self, arrays):
+        """``(args, kwargs)`` with ``arrays`` in the array leaves."""
         it = iter(arrays)
-        return jax.tree_util.tree_unflatten(treedef, [next(it) if a else s for a, s in zip(is_arr, static)])
+        return jax.tree_util.tree_unflatten(self.treedef, [next(it) if a else s for a, s in zip(self.is_array,
+                                                                                                self.static)])
 
-    return [x for x, a in zip(leaves, is_arr) if a], rebuild
+
+def _split_args(args, kwargs) -> tuple[list, _Call]:
+    """Array leaves (traced / stored) of ``(args, kwargs)`` and the :class:`_Call` rebuilding them."""
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    is_arr = tuple(isinstance(x, (jax.Array, np.ndarray)) for x in leaves)
+    static = tuple(None if a else x for x, a in zip(leaves, is_arr))
+    return [x for x, a in zip(leaves, is_arr) if a], _Call(treedef, is_arr, static)
 
 
 # ----------------------------------------------------------------------------- linen / NNX blocks
@@ -150,14 +158,15 @@ class _Linen:
         return order
 
     def capture(self, params, inputs, names: list[str], stop: str | None):
-        """``{name: (arrays, rebuild, module)}`` of the blocks' inputs in one forward (up to ``stop``)."""
+        """``{name: (arrays, call, module, keys)}`` of the blocks' inputs in one forward (up to ``stop``)."""
         rec: dict = {}
 
         def icpt(next_fun, args, kwargs, ctx):
             name = _keystr(ctx.module.path)
             if ctx.method_name == "__call__" and name in names and name not in rec:
-                arrays, rebuild = _split_args(args, kwargs)
-                rec[name] = (arrays, rebuild, ctx.module.clone(parent=None), tuple(ctx.module.path))
+                arrays, call = _split_args(args, kwargs)
+                # unnamed: identical layers are equal modules (and share programs)
+                rec[name] = (arrays, call, ctx.module.clone(parent=None, name=None), tuple(ctx.module.path))
                 if name == stop:
                     raise _Stop
             return next_fun(*args, **kwargs)
@@ -169,14 +178,16 @@ class _Linen:
                 pass
         return rec
 
-    def block_fn(self, module, keys):
+    def block(self, module, keys):
+        """``(key, fn, state)``: ``fn(block_params, state, (args, kwargs))`` runs the block alone; blocks
+        with equal (hashable) keys run the same computation."""
         state = {c: subtree(v, keys) for c, v in self.model.state.items() if _has(v, keys)}
 
-        def fn(bparams, args_kwargs):
+        def fn(bparams, state, args_kwargs):
             args, kwargs = args_kwargs
             return module.apply({"params": bparams, **state}, *args, **kwargs)
 
-        return fn
+        return module, fn, state
 
 
 def _has(tree, keys) -> bool:
@@ -220,8 +231,8 @@ class _Nnx:
 
         def on_call(name, mod, args, kwargs):
             if name not in rec:
-                arrays, rebuild = _split_args(args, kwargs)
-                rec[name] = (arrays, rebuild, None, self.subs[name][0])
+                arrays, call = _split_args(args, kwargs)
+                rec[name] = (arrays, call, None, self.subs[name][0])
                 if name == stop:
                     raise _Stop
 
@@ -232,17 +243,18 @@ class _Nnx:
             pass
         return rec
 
-    def block_fn(self, module, keys):
+    def block(self, module, keys):
+        """As :meth:`_Linen.block`; the key is the block's graph definition."""
         sub = self.subs[_keystr(keys)][1]
         graphdef, _, state = nnx.split(sub, nnx.Param, ...)
 
-        def fn(bparams, args_kwargs):
+        def fn(bparams, state, args_kwargs):
             args, kwargs = args_kwargs
             m = nnx.merge(graphdef, bparams, state)
             m.eval()
             return m(*args, **kwargs)
 
-        return fn
+        return graphdef, fn, state
 
 
 def _backend(model: Model, who: str):
@@ -322,6 +334,25 @@ def _close(a, b) -> bool:
 # ----------------------------------------------------------------------------- the driver
 
 
+class _Block(NamedTuple):
+    """A block as the driver runs it: ``fn(block_params, state, (args, kwargs))`` (see ``_Linen.block``)."""
+
+    keys: tuple
+    call: _Call
+    key: object
+    fn: Callable
+    state: object
+
+    def run_program(self):
+        """Jitted ``(block_params, state, arrays) -> output``."""
+        return jax.jit(lambda p, state, arrays: self.fn(p, state, self.call.rebuild(arrays)))
+
+    def statistics_program(self, observe: tuple):
+        """Jitted ``(block_params, (arrays, mask, state)) -> {path: {stat: partial}}`` of the weights in ``observe``."""
+        return jax.jit(capture.statistics_fn(lambda p, inp: self.fn(p, inp[2], self.call.rebuild(inp[0])),
+                                             dict(observe), token_mask=lambda inp: inp[1]))
+
+
 def sequential(model, batches: Sequence, compress: Callable, stats, *, blocks: str | None = None,
                token_mask: Callable | None = None, where: Callable | None = None, carry: bool = True,
                max_carry_bytes: int = 64 << 20, log: Callable[[str], None] | None = None):
@@ -351,68 +382,95 @@ def sequential(model, batches: Sequence, compress: Callable, stats, *, blocks: s
     backend = _backend(model, "sequential")
     names = find_blocks(model, batches[0], blocks)
     masks = [None if token_mask is None else token_mask(b) for b in batches]
+    calls: dict = {}  # name -> (call, module, keys) of every block the forward reached, noted while tracing
+
+    def inputs(p, batch, upto):
+        rec = backend.capture(p, batch, names, upto)
+        calls.update({n: r[1:] for n, r in rec.items()})
+        return {n: r[0] for n, r in rec.items()}
+
+    record = jax.jit(inputs, static_argnums=2)  # the inputs of the blocks up to `upto` (the forward stops there)
+    programs: dict = {}  # jitted block programs by (kind, block key, call[, observed weights]): see _shared
+
+    def block(name) -> _Block:
+        call, module, keys = calls[name]
+        return _Block(keys, call, *backend.block(module, keys))
+
+    def run(blk: _Block, bparams, arrays):
+        """The block's output on its input ``arrays``."""
+        return _shared(programs, ("run", blk.key, blk.call), blk.run_program)(bparams, blk.state, arrays)
+
+    def run_float(name, arrays):
+        blk = block(name)
+        return run(blk, subtree(model.params, blk.keys), arrays)
+
     params = model.params
-    store, first = _Store(max_carry_bytes), None
+    store = _Store(max_carry_bytes)
     try:
-        for i, b in enumerate(batches):  # inputs of block 0 (one forward up to it)
-            rec = backend.capture(params, b, names, names[0])
-            arrays, rebuild, module, keys = rec[names[0]]
-            store.put(i, arrays)
-            if first is None:
-                first = (rebuild, module, keys)
         if carry:
-            _check_chain(backend, params, batches[0], names)
-        mods = backend.capture(params, batches[0], names, None) if carry else None
+            for i, b in enumerate(batches):
+                store.put(i, record(params, b, names[0])[names[0]])
+            _check_chain(names, record(params, batches[0], names[-1]), run_float)
         for li, name in enumerate(names):
-            if carry:
-                arrays0, rebuild, module, keys = mods[name]
-            else:
-                rec = None
+            if not carry:
                 for i, b in enumerate(batches):
-                    rec = backend.capture(params, b, names, name)
-                    store.put(i, rec[name][0])
-                _, rebuild, module, keys = rec[name]
-            fn = backend.block_fn(module, keys)
-            bparams = subtree(params, keys)
-            prefix = name + "/"
-            bwhere = None if where is None else (lambda p, _pre=prefix: where(_pre + p))
-            bstats = stats if not isinstance(stats, dict) else {k[len(prefix):]: v for k, v in stats.items()
-                                                                 if k.startswith(prefix)}
-            step = jax.jit(capture.statistics_fn(
-                lambda p, inp: fn(p, rebuild(inp[0])), bstats, token_mask=lambda inp: inp[1], where=bwhere))
-            acc = None
-            for i in range(len(batches)):
-                part = step(bparams, (store.get(i), masks[i]))
-                part = {p: {k: (jax.device_get(s) if k == "samples" else s) for k, s in v.items()}
-                        for p, v in part.items()}
-                acc = part if acc is None else {p: {k: capture._combine(acc[p][k], s) for k, s in v.items()}
-                                                for p, v in part.items()}
-            st = {p: {k: capture._finish(k, s) for k, s in v.items()} for p, v in (acc or {}).items()}
+                    store.put(i, record(params, b, name)[name])
+            blk = block(name)
+            bparams = subtree(params, blk.keys)
+            observe = _observed(bparams, name + "/", stats, where)
+            st = {}
+            if observe:
+                step = _shared(programs, ("statistics", blk.key, blk.call, observe),
+                               lambda: blk.statistics_program(observe))
+                st = capture.accumulate(step(bparams, (store.get(i), masks[i], blk.state)) for i in range(len(batches)))
             new = compress(name, bparams, st) if st else bparams
-            params = replace_subtree(params, keys, new)
+            params = replace_subtree(params, blk.keys, new)
             if log:
                 log(f"  block {li + 1}/{len(names)} {name}: {len(st)} weights")
             if carry and li + 1 < len(names):
-                run = jax.jit(lambda p, arrays: fn(p, rebuild(arrays)))
                 for i in range(len(batches)):
                     arrays = store.get(i)
-                    out = run(new, arrays)
-                    nxt = list(arrays)
-                    nxt[0] = out
-                    store.put(i, nxt)
+                    store.put(i, [run(blk, new, arrays), *arrays[1:]])
         return params
     finally:
         store.close()
 
 
-def _check_chain(backend, params, batch, names):
-    """Block ``l + 1``'s first input is block ``l``'s output and its other inputs are block 0's (first batch)."""
-    rec = backend.capture(params, batch, names, None)
-    arrays0 = rec[names[0]][0]
+def _shared(cache: dict, key, make: Callable):
+    """``cache[key]``, made by ``make()`` the first time: identical blocks compile once.
+
+    A key that is not hashable (a module attribute or call argument holding an array) gets a
+    program of its own.
+    """
+    try:
+        hash(key)
+    except TypeError:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def _observed(bparams, prefix: str, stats, where) -> tuple:
+    """``((path, stat names), ...)`` of the block's weights to observe (paths relative to the block)."""
+    out = []
+    for p in jtree.paths(bparams):
+        kinds = stats.get(prefix + p, ()) if isinstance(stats, dict) else stats
+        if kinds and (where is None or where(prefix + p)):
+            out.append((p, tuple(kinds)))
+    return tuple(out)
+
+
+def _check_chain(names, inputs: dict, run: Callable):
+    """Block ``l + 1``'s first input is block ``l``'s output and its other inputs are block 0's.
+
+    ``inputs``: ``{name: arrays}`` of the float model on the first batch; ``run(name, arrays)``
+    runs block ``name`` (float params).
+    """
+    arrays0 = inputs[names[0]]
     for a, b in zip(names, names[1:]):
-        arrays, rebuild, module, keys = rec[a]
-        out = backend.block_fn(module, keys)(subtree(params, keys), rebuild(arrays))
-        nxt = rec[b][0]
+        out = run(a, inputs[a])
+        nxt = inputs[b]
         if not (isinstance(out, jax.Array) and nxt and _close(out, nxt[0])) or len(nxt) != len(arrays0) or not all(
                 _close(x, y) for x, y in zip(nxt[1:], arrays0[1:])):
             raise ValueError(f"block {b!r} does not take block {a!r}'s output as its first argument and block "
@@ -420,4 +478,4 @@ def _check_chain(backend, params, batch, names):
                              f"carry=False (each block's inputs are then recorded on the compressed prefix)")
 
 
-__all__ = ["Block", "find_blocks", "sequential", "subtree", "replace_subtree"]
+__all__ = ["find_blocks", "sequential", "subtree", "replace_subtree"]

@@ -230,15 +230,19 @@ def obs_solve(w, u, block_size: int, spec: QuantSpec | None = None, bits=None,
     dynamic = spec is not None and row_grid is None
     g = spec.group_size if dynamic else None
     ew = _elementwise(spec) if spec is not None else None
-    outs = []
-    for b0 in range(0, k, block_size):
-        b1 = min(b0 + block_size, k)
-        nb = b1 - b0
-        w1, u1 = w[b0:b1], u[b0:b1, b0:b1]
+
+    def solve_block(w, b0, nb):
+        """Rows ``b0 : b0 + nb`` (``b0`` traced, ``nb`` static); ``w`` with the lazy update of the later rows."""
+        w1, u1 = jax.lax.dynamic_slice(w, (b0, 0), (nb, n_out)), jax.lax.dynamic_slice(u, (b0, b0), (nb, nb))
         d1 = jnp.diag(u1)
         pruned = block_mask(w1, d1) if block_mask is not None else jnp.zeros((nb, n_out), bool)
         ng = nb // g if dynamic else 1
-        rs, rz = (row_grid[0][b0:b1], row_grid[1][b0:b1]) if row_grid is not None else (None, None)
+        if row_grid is not None:
+            rs, rz = (jax.lax.dynamic_slice(a, (b0, 0), (nb, n_out)) for a in row_grid)
+
+        def group_grid(w1, i):
+            start = jax.lax.dynamic_slice(w1, (i, 0), (g, n_out))
+            return grid.compute_scale_zero_point(start.min(0), start.max(0), ew, bits)
 
         def body(i, carry):
             w1, q1, c1, e1, pruned, sc, zp, s_all, z_all = carry
@@ -253,11 +257,8 @@ def obs_solve(w, u, block_size: int, spec: QuantSpec | None = None, bits=None,
             q = jnp.where(pruned[i], 0.0, row)
             code = q
             if spec is not None:
-                if dynamic:
-                    start = jax.lax.dynamic_slice(w1, (i, 0), (g, n_out))
-                    ns, nz = grid.compute_scale_zero_point(start.min(0), start.max(0), ew, bits)
-                    new = (i % g) == 0
-                    sc, zp = jnp.where(new, ns, sc), jnp.where(new, nz, zp)
+                if dynamic:  # a group's grid from its updated rows, when it starts
+                    sc, zp = jax.lax.cond(i % g == 0, group_grid, lambda *_: (sc, zp), w1, i)
                     s_all = jax.lax.dynamic_update_slice(s_all, sc[None], (i // g, 0))
                     z_all = jax.lax.dynamic_update_slice(z_all, zp[None], (i // g, 0))
                 else:
@@ -272,9 +273,18 @@ def obs_solve(w, u, block_size: int, spec: QuantSpec | None = None, bits=None,
         init = (w1, zeros, zeros, zeros, pruned, jnp.ones(n_out), jnp.zeros(n_out),
                 jnp.zeros((ng, n_out)), jnp.zeros((ng, n_out)))
         _, q1, c1, e1, pruned, _, _, s_all, z_all = jax.lax.fori_loop(0, nb, body, init)
-        outs.append((q1, c1, s_all, z_all, ~pruned))
-        w = w.at[b1:].add(-(u[b0:b1, b1:].T @ e1))
-    q, codes, s_all, z_all, kept = (jnp.concatenate(a, 0) for a in zip(*outs))
+        # every row up to b0 + nb is done: updating all rows is updating the later ones (static shapes)
+        w = w - jax.lax.dynamic_slice(u, (b0, 0), (nb, k)).T @ e1
+        return w, (q1, c1, s_all, z_all, ~pruned)
+
+    # the full blocks as one scan (one compiled block), then the shorter last one if K is not a multiple
+    n_full = k // block_size
+    w, outs = jax.lax.scan(lambda w, b0: solve_block(w, b0, block_size), w, jnp.arange(n_full) * block_size)
+    outs = [o.reshape(-1, n_out) for o in outs]
+    if k % block_size:
+        _, tail = solve_block(w, n_full * block_size, k % block_size)
+        outs = [jnp.concatenate([o, t]) for o, t in zip(outs, tail)]
+    q, codes, s_all, z_all, kept = outs
     return q, codes if spec is not None else None, s_all if dynamic else None, z_all if dynamic else None, kept
 
 

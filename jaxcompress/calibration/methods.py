@@ -287,7 +287,7 @@ def _check_h(path, h, damp, kernel):
     The jitted solves return a NaN kernel then (:func:`.gptq.gptq`), so only a non-finite
     ``kernel`` pays for the diagnosis (:func:`.gptq.check_hessian` factorizes ``h`` again).
     """
-    if bool(jnp.all(jnp.isfinite(kernel))):
+    if np.isfinite(np.asarray(kernel)).all():
         return
     try:
         gptq_lib.check_hessian(h, damp)

@@ -186,12 +186,14 @@ def test_samples_at_most_max_samples_per_batch(max_samples):
         st = capture.collect(fn, params, [b], ("samples",), max_samples=max_samples)
         for path, width in (("a", K), ("b", HID)):
             v, want = np.asarray(st[path]["samples"]), ref[path][10 * i: 10 * (i + 1)].reshape(-1)
-            assert 0 < v.size <= max_samples, (path, v.size)
+            assert 0 < v.size <= max(max_samples, width) and v.size % width == 0, (path, v.size)  # whole rows
+            rows = want.reshape(-1, width)
+            assert all(any(np.allclose(r, w, atol=1e-6) for w in rows) for r in v.reshape(-1, width))
             if max_samples >= want.size:  # everything kept
                 np.testing.assert_allclose(v, want, rtol=1e-5, atol=1e-6)
             assert np.abs(v[:, None] - want[None, :]).min(1).max() < 1e-5  # a subsample of this batch's inputs
     total = capture.collect(fn, params, bs, ("samples",), max_samples=max_samples)
-    assert all(0 < total[p]["samples"].size <= len(bs) * max_samples for p in ("a", "b"))
+    assert all(0 < total[p]["samples"].size <= len(bs) * max(max_samples, w) for p, w in (("a", K), ("b", HID)))
 
 
 def test_masked_samples_exclude_padding():

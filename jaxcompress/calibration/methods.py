@@ -377,18 +377,21 @@ def w8a8(model, batches: Sequence, *, activations: str = "token", observer: str 
             if kind == "minmax":
                 lo, hi = v["minmax"]
             else:
-                obs = make_observer(observer, A8, **observer_kw)
+                # every captured sample (capture already bounds them per batch)
+                obs = make_observer(observer, A8, **{"max_samples": max(1, v["samples"].size), **observer_kw})
                 lo, hi = obs.result(obs.update(obs.init(), jnp.asarray(v["samples"])))
             acts[p] = jnp.reshape(grid.compute_scale_zero_point(lo, hi, A8)[0], ())
     return Compressed(params, _quantized(ex, lay, 8, None, True, narrow=True), {}, acts)
 
 
-def embeddings(model, inputs, result: Compressed | None = None, *, bits: int = 8) -> Compressed:
+def embeddings(model, inputs, result: Compressed | None = None, *, bits: int = 8,
+               where: Callable | None = None) -> Compressed:
     """Quantize every 2-D table the model reads by a gather (embeddings), one symmetric scale per row.
 
     Adds them to ``result`` (another method's output; default: the float model): ``params`` get
     the dequantized tables, ``quantized`` their :class:`QArray` s (``bits``, per row = axis 0).
-    Tables that are also a matmul weight (tied embeddings) or already quantized are left alone.
+    Tables that are also a matmul weight (tied embeddings) or already quantized are left alone;
+    ``where(path) -> bool`` narrows the tables (e.g. only the word embeddings).
 
     >>> import jax, jax.numpy as jnp, flax.linen as nn
     >>> from jaxcompress.model import from_linen
@@ -412,7 +415,7 @@ def embeddings(model, inputs, result: Compressed | None = None, *, bits: int = 8
     quantized = dict(result.quantized)
     leaves = dict(jtree.named_leaves(result.params))
     for p in sorted(found):
-        if p in quantized or p in lay or np.ndim(leaves[p]) != 2:
+        if p in quantized or p in lay or np.ndim(leaves[p]) != 2 or (where is not None and not where(p)):
             continue
         quantized[p] = quantize_array(leaves[p], spec)
     params = jtree.map_with_path(lambda p, w: quantized[p].dequantize(w.dtype) if p in quantized and p in found

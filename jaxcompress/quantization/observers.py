@@ -23,6 +23,7 @@ strided subsample of every batch and solve on their concatenation.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -161,6 +162,9 @@ def make_observer(name: str, spec: QuantSpec, bits=None, momentum: float = 0.9, 
             return (*state, x)
         flat = x.reshape(-1)
         stride = max(1, flat.shape[0] // max_samples)
+        width = x.shape[-1] if x.ndim else 1
+        while math.gcd(stride, width) != 1:  # a stride sharing a factor with the row width skips channels
+            stride += 1
         return (*state, flat[::stride])
 
     def result(state):

@@ -19,7 +19,8 @@ are ``layer_<i>`` and whose token mask is the attention mask:
 * ``evaluate`` - the table: cosine and nearest-neighbour agreement with the reference stage's
   embeddings, artifact bytes and compression, latency of one batch.
 
-Quantizing stages also store the word-embedding table as int8, one scale per row
+Quantizing stages also store the word-embedding table as int8, one scale per row (the position
+and token-type tables stay float)
 (:func:`~jaxcompress.calibration.methods.embeddings`). Every stage writes
 ``<run>/stages/<name>/artifact.npz`` (the stored model:
 :meth:`~jaxcompress.calibration.methods.Compressed.save`) and ``result.json``; later stages and
@@ -216,7 +217,7 @@ def _compress(ctx, name: str, outputs: dict) -> tuple[cm.Compressed, dict]:
                 r = cm.gptq(m, batches, damp=s.damp, **kw, **ENGINE)
             else:
                 r = cm.awq(m, batches, **kw, **ENGINE)
-        return cm.embeddings(m, batches[0], r), {}
+        return cm.embeddings(m, batches[0], r, where=lambda p: p.startswith("word_embeddings/")), {}
     except ValueError as e:
         raise ConfigError(f"stage {name!r}: {e}") from None
 

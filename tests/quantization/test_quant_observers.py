@@ -92,3 +92,16 @@ def test_calibrate_bad_inputs():
         jq.calibrate(m, big, [jnp.ones((2, 4))])
     with pytest.raises(ValueError, match="num_batches"):
         jq.calibrate(m, m.params, [jnp.ones((2, 4))], num_batches=0)
+
+
+def test_subsampling_sees_every_channel():
+    """Rows of width 384 with an outlier channel at an odd index: a stride of 2 would never see it."""
+    from jaxcompress.quantization.observers import make_observer
+    from jaxcompress.quantization.spec import QuantSpec
+
+    x = np.random.default_rng(0).normal(size=(400, 384)).astype(np.float32)
+    x[:, 99] *= 40.0  # BERT-like outlier feature
+    spec = QuantSpec(bits=8, symmetric=True, granularity="tensor", narrow_range=True)
+    obs = make_observer("percentile", spec, max_samples=x.size // 2)  # a subsample of half the values
+    lo, hi = obs.result(obs.update(obs.init(), jnp.asarray(x)))
+    assert float(np.ravel(hi)[0]) > 0.5 * np.abs(x[:, 99]).max()

@@ -102,6 +102,12 @@ def test_compressed_round_trip_and_sizes(tmp_path):
     assert emb.spec.bits == 8 and emb.scale.shape == (CFG.vocab_size, 1)
     np.testing.assert_allclose(np.asarray(emb.scale)[:, 0], np.abs(PARAMS["word_embeddings"]["embedding"]).max(1) / 127,
                                rtol=1e-6)
+    tables = {p for p in w8 if not p.startswith("layer_")}
+    assert tables == {"word_embeddings/embedding", "position_embeddings/embedding", "token_type_embeddings/embedding"}
+    only = cm.embeddings(MODEL, BATCHES[0], where=lambda p: p.startswith("word_embeddings/"))
+    assert sorted(only.quantized) == ["word_embeddings/embedding"]
+    np.testing.assert_array_equal(only.params["position_embeddings"]["embedding"],
+                                  PARAMS["position_embeddings"]["embedding"])
     shapes = [(16, 16)] * 4 + [(16, 32), (32, 16)]  # q, k, v, attention_out, intermediate, output
     lin = lambda r: sum(r.quantized[p].nbytes for p in r.quantized if p.startswith("layer_"))
     assert lin(variants["w8a8"]) == CFG.num_layers * sum(i * o + 4 * o for i, o in shapes)  # int8 + f32 scale

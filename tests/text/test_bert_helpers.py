@@ -40,11 +40,17 @@ def embed(params, module=MODULE):
 REF = embed(PARAMS)
 
 
-def test_the_encoder_is_plain_flax():
-    import jaxcompress.models.bert as mod
+def test_models_are_plain_flax():
+    """``jaxcompress.models`` imports no technique; the encoder's layers are plain ``nn.Dense``."""
+    import pathlib
 
-    src = open(mod.__file__).read()
-    assert "sow(" not in src and "jaxcompress.quantization" not in src and "jaxcompress.pruning" not in src
+    import jaxcompress.models as pkg
+
+    for f in pathlib.Path(pkg.__file__).parent.glob("*.py"):
+        src = f.read_text()
+        for technique in ("quantization", "pruning", "distillation", "calibration", "interception"):
+            assert f"jaxcompress.{technique}" not in src and f"jaxcompress import {technique}" not in src, (f, technique)
+    assert "sow(" not in pathlib.Path(bert.__file__).read_text()
     assert set(PARAMS["layer_0"]["query"]) == {"kernel", "bias"}
 
 

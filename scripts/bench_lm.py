@@ -46,7 +46,7 @@ from jaxcompress.distillation import kd, make_distill_step  # noqa: E402
 from jaxcompress.models import gpt  # noqa: E402
 from jaxcompress.pruning import fixed  # noqa: E402
 from jaxcompress.quantization import QuantSpec, quantize_weights  # noqa: E402
-from jaxcompress.runner.checkpoint import Checkpointer  # noqa: E402
+from jaxcompress.runner.checkpoint import Checkpointer, to_flat  # noqa: E402
 from jaxcompress.transform import finalize  # noqa: E402
 
 CONTEXT, STRIDE = 128, 64
@@ -94,6 +94,7 @@ def train_float(a, corpus, log):
     ck.wait()
     seconds += time.perf_counter() - t0
     ck.close()
+    np.savez(os.path.join(a.workdir, "float_params.npz"), **to_flat(state.params))
     return model.replace(params=state.params), {"float_train_seconds": round(seconds, 1), "float_steps": a.steps,
                                                 "float_train_tokens_seen": a.steps * a.batch_size * CONTEXT}
 
@@ -150,7 +151,9 @@ def main():
     a = p.parse_args()
     a.arch = dict(d_model=256, n_layers=4, n_heads=4)
     if a.quick:
-        a.steps, a.calib, a.eval_tokens, a.kd_steps, a.checkpoint_every = 20, 16, 4096, 5, 10
+        for k, v in dict(steps=20, calib=16, eval_tokens=4096, kd_steps=5, checkpoint_every=10).items():
+            if getattr(a, k) == p.get_default(k):  # what the command line sets wins
+                setattr(a, k, v)
         a.workdir = a.workdir.rstrip("/") + "_quick"
         a.arch = dict(d_model=128, n_layers=2, n_heads=2)
     log = lambda s: print(s, flush=True)  # noqa: E731

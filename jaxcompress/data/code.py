@@ -10,9 +10,13 @@ are the files' encodings joined by an ``<|endoftext|>`` token. Tokenizer and tok
 cached under ``cache_dir`` keyed by a hash of the file contents, the vocabulary size and the
 split rule, so two fresh runs on the same Python build give identical tokens.
 
->>> c = stdlib_code(vocab_size=512, max_files=12)            # doctest: +SKIP
->>> c.tokens["train"].dtype, c.vocab_size
-(dtype('int32'), 512)
+>>> import pathlib, tempfile
+>>> src = pathlib.Path(tempfile.mkdtemp())          # any source tree; the default is the stdlib
+>>> for i in range(12):
+...     _ = (src / f"m{i}.py").write_text(f"def f{i}(x):\\n    return x + {i}\\n" * 30)
+>>> c = stdlib_code(vocab_size=270, fractions=(0.5, 0.25), root=str(src), cache_dir=tempfile.mkdtemp())
+>>> c.tokens["train"].dtype, c.vocab_size, sum(len(f) for f in c.files.values())
+(dtype('int32'), 270, 12)
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ def stdlib_code(vocab_size: int = 4096, fractions: tuple[float, float] = (0.9, 0
     """The stdlib-source corpus, tokenized by a byte-level BPE trained on its train split (cached).
 
     Args:
-      vocab_size: BPE vocabulary size (>= 300: the 256 bytes, the end-of-text token and merges).
+      vocab_size: BPE vocabulary size (>= 258: the 256 bytes, the end-of-text token and merges).
       fractions: ``(train, validation)`` shares of the files; the rest is ``test``.
       cache_dir: where the tokenizer and token arrays are cached (default ``$JAXCOMPRESS_CACHE`` or
         ``~/.cache/jaxcompress``).
@@ -87,8 +91,8 @@ def stdlib_code(vocab_size: int = 4096, fractions: tuple[float, float] = (0.9, 0
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if not isinstance(vocab_size, int) or vocab_size < 300:
-        raise ValueError(f"vocab_size must be an int >= 300, got {vocab_size!r}")
+    if not isinstance(vocab_size, int) or vocab_size < 258:
+        raise ValueError(f"vocab_size must be an int >= 258, got {vocab_size!r}")
     if len(fractions) != 2 or min(fractions) <= 0 or sum(fractions) >= 1:
         raise ValueError(f"fractions must be (train, validation) > 0 with a sum < 1, got {fractions!r}")
     files = stdlib_files(root)[:max_files]

@@ -1,7 +1,7 @@
 # kill -9 the float-GPT training of bench_lm.py (--quick) after its step-20 checkpoint, rerun, and compare
 # the final params with an uninterrupted run. Prints "bit-identical after kill -9: True" on success.
 set -e
-cd /work/main
+cd "$(dirname "$0")/.."
 P=".venv/bin/python scripts/bench_lm.py --quick --train-only --steps 40 --checkpoint-every 10 --log-every 10"
 rm -rf ${TMPDIR:-/tmp}/lm_resume_a_quick ${TMPDIR:-/tmp}/lm_resume_b_quick
 $P --workdir ${TMPDIR:-/tmp}/lm_resume_a > ${TMPDIR:-/tmp}/lm_resume_a.log 2>&1

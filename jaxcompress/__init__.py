@@ -3,7 +3,7 @@
 Subpackages: :mod:`~jaxcompress.pruning`, :mod:`~jaxcompress.quantization`,
 :mod:`~jaxcompress.distillation` (alias ``distill``), :mod:`~jaxcompress.export`, plus the
 foundation (:mod:`~jaxcompress.model` - the contract every step sees a model through -,
-:mod:`~jaxcompress.layout`, :mod:`~jaxcompress.data`, :mod:`~jaxcompress.models`, :mod:`~jaxcompress.train`,
+:mod:`~jaxcompress.layout`, :mod:`~jaxcompress.data`, :mod:`~jaxcompress.lm`, :mod:`~jaxcompress.models`, :mod:`~jaxcompress.train`,
 :mod:`~jaxcompress.tree`). The experiment runner (:mod:`jaxcompress.runner`) builds on these and
 is not imported here.
 
@@ -18,6 +18,7 @@ from jaxcompress import (
     distillation,
     export,
     layout,
+    lm,
     model,
     models,
     pruning,

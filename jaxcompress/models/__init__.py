@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxcompress.model import Model, from_linen, from_nnx
-from jaxcompress.models import bert
+from jaxcompress.models import bert, gpt
 from jaxcompress.models.linen import CNN1D, CNN2D, MLP
 from jaxcompress.models.nnx_models import NNXMLP, nnx_to_apply
 
@@ -61,4 +61,4 @@ def create(name: str, input_shape: tuple[int, ...], num_classes: int = 10, rng=N
     return from_linen(module, {"params": module.init(rng, dummy)["params"]})
 
 
-__all__ = ["bert", "MODELS", "DEFAULT_MODEL", "Model", "create", "linen_apply", "MLP", "CNN1D", "CNN2D", "NNXMLP", "nnx_to_apply"]
+__all__ = ["bert", "gpt", "MODELS", "DEFAULT_MODEL", "Model", "create", "linen_apply", "MLP", "CNN1D", "CNN2D", "NNXMLP", "nnx_to_apply"]

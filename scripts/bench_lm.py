@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -36,8 +35,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from _results import cpu_name, write_results  # noqa: E402
 
-from _results import write_results  # noqa: E402
 from jaxcompress import lm, train  # noqa: E402
 from jaxcompress import tree as jtree  # noqa: E402
 from jaxcompress.calibration import methods as cm  # noqa: E402
@@ -52,14 +51,6 @@ from jaxcompress.transform import finalize  # noqa: E402
 CONTEXT, STRIDE = 128, 64
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def train_float(a, corpus, log):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from _results import write_results  # noqa: E402  (scripts/_results.py)
+from _results import cpu_name, write_results  # noqa: E402  (scripts/_results.py)
 
 import jaxcompress.pruning as jp  # noqa: E402
 import jaxcompress.quantization as jq  # noqa: E402
@@ -65,15 +64,6 @@ class BNCNN(nn.Module):
         return nn.Dense(10)(x)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_model(ds, seed: int):

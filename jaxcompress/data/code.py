@@ -22,6 +22,7 @@ split rule, so two fresh runs on the same Python build give identical tokens.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -136,8 +137,6 @@ def stdlib_code(vocab_size: int = 4096, fractions: tuple[float, float] = (0.9, 0
             ids.append(eot)
         tokens[s] = np.asarray(ids, np.int32)
     os.makedirs(cache, exist_ok=True)
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **tokens)
     _write_atomic(arr_path, buf.getvalue())
